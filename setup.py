@@ -1,0 +1,32 @@
+"""mambaswelu_jax: a JAX/Flax study toolkit for MambaSWELU language models."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mambaswelu_jax",
+    version="0.1.0",
+    description="MambaSWELU language models in JAX/Flax: a real selective SSM, "
+    "a Pallas-fused scan, data-parallel training and a comparative study.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mambaswelu_jax*", "kernels*"]),
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "optax",
+        "orbax-checkpoint",
+        "ml_collections",
+        "absl-py",
+        "numpy",
+        "clu",
+        # CLU's metric writers need TensorFlow's summary ops and TensorBoard.
+        "tensorflow-cpu",
+        "tensorboard",
+        "tensorflow-datasets",
+        "grain",
+        "sentencepiece",
+        "zstandard",
+    ],
+    extras_require={
+        "test": ["pytest", "hypothesis"],
+    },
+)
