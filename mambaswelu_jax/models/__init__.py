@@ -1,0 +1,56 @@
+"""MambaSWELU models: build one from a config, count it, and read its SWELU scalars."""
+
+import jax
+
+from flax import nnx
+
+from mambaswelu_jax.models.lm import MambaLM
+from mambaswelu_jax.models.swelu import SWELU, swelu
+
+# Parameters that AdamW decays: matrices and embedding tables. A_log, D, biases, norm
+# scales and SWELU scalars are left alone.
+_DECAYED = ("kernel", "embedding")
+
+
+def build_model(model_cfg, rngs: nnx.Rngs) -> MambaLM:
+  return MambaLM(model_cfg, rngs=rngs)
+
+
+def count_parameters(model_or_state) -> int:
+  """Number of trainable scalars (nnx.Param leaves) of a model or a params state."""
+  state = (nnx.state(model_or_state, nnx.Param)
+           if isinstance(model_or_state, nnx.Module) else model_or_state)
+  return sum(int(x.size) for x in jax.tree.leaves(state))
+
+
+def param_count(model_cfg) -> int:
+  """Parameter count from the config alone, without allocating the model."""
+  abstract = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
+  return count_parameters(abstract)
+
+
+def _path_key(path) -> str:
+  last = path[-1]
+  return str(getattr(last, "key", getattr(last, "name", last)))
+
+
+def weight_decay_mask(params):
+  """Same structure as `params`: True where weight decay applies."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: _path_key(path) in _DECAYED, params)
+
+
+def swelu_scalars(model: MambaLM) -> dict:
+  """{'swelu/<site>/k': value, 'swelu/<site>/lambda': value} for every SWELU site."""
+  out = {}
+  for path, module in nnx.iter_graph(model):
+    if isinstance(module, SWELU):
+      site = "/".join(str(p) for p in path)
+      out[f"swelu/{site}/k"] = float(module.k)
+      out[f"swelu/{site}/lambda"] = float(module.lam[...])
+  return out
+
+
+__all__ = ["MambaLM", "SWELU", "build_model", "count_parameters", "param_count",
+           "swelu", "swelu_scalars", "weight_decay_mask"]
+

@@ -1,0 +1,79 @@
+"""The study model and the original plan's hyperparameters.
+
+A real selective-SSM MambaSWELU: 6 Mamba blocks + 3 dense SWELU layers, width 1024.
+Run configs (slimpajama_*, wikipedia_*) start from this one and set their data and
+token budget; `demo.py` shrinks it to an offline CPU run.
+"""
+
+import ml_collections
+
+
+def model_config() -> ml_collections.ConfigDict:
+  m = ml_collections.ConfigDict()
+  m.vocab_size = 50257          # must equal the tokenizer's vocabulary size
+  m.d_model = 1024
+  m.n_layers = 6                # Mamba blocks
+  m.d_state = 16
+  m.d_conv = 4
+  m.expand = 2
+  m.dt_rank = 0                 # 0 -> ceil(d_model / 16), as in the Mamba paper
+  m.dt_min = 1e-3
+  m.dt_max = 0.1
+  m.dense_hidden = 2048         # three dense SWELU layers: d -> h -> h -> d
+  m.mixer = "selective"         # selective | gated_conv (the original's as-run block)
+  m.activation = "swelu"        # swelu | silu
+  m.swelu_k_init = 1.0
+  m.swelu_lambda_init = 1.0
+  m.swelu_learn_lambda = True
+  m.norm = "layernorm"          # layernorm | rmsnorm
+  m.norm_eps = 1e-5
+  m.learned_positions = False   # a selective SSM needs none; the original had them
+  m.max_len = 1024              # size of the learned position table when enabled
+  m.scan_impl = "auto"          # auto | xla | reference | pallas
+  m.scan_chunk = 64
+  m.compute_dtype = "bfloat16"  # matmuls; the scan, norms and SWELU stay in float32
+  m.param_dtype = "float32"
+  return m
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = model_config()
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "embedded"      # embedded | slimpajama | wikipedia
+  config.data.seq_len = 1024
+  config.data.tokens_per_parameter = 20.0
+
+  config.train = ml_collections.ConfigDict()
+  config.train.global_batch_size = 16  # sequences per optimizer step (all devices, all hosts)
+  config.train.micro_batch_per_device = 4  # accumulation = global / (micro * devices)
+  config.train.num_steps = 0           # 0 -> tokens_per_parameter * parameters / tokens per step
+  config.train.learning_rate = 3e-4
+  config.train.warmup_steps = 2000
+  config.train.min_lr_ratio = 0.1      # cosine decays to learning_rate * min_lr_ratio
+  config.train.weight_decay = 0.1      # AdamW, masked by models.weight_decay_mask
+  config.train.b1 = 0.9
+  config.train.b2 = 0.95
+  config.train.eps = 1e-8
+  config.train.grad_clip_norm = 1.0    # global-norm clipping; 0 disables
+  config.train.log_every_steps = 100
+  config.train.stop_at_step = 0        # >0: checkpoint and stop there (resume later); schedule unchanged
+  config.train.peak_tflops_per_device = 0.0  # 0 -> from the device kind (for MFU)
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 5000  # full state (params, optimizer, data iterator)
+  config.checkpoint.max_to_keep = 3     # full states kept (the newest)
+  config.checkpoint.snapshot_every_steps = 5000  # params-only snapshots, kept forever; 0 -> none
+  config.checkpoint.async_save = True
+  config.checkpoint.allow_config_change = False  # resume a workdir written by another config
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.every_steps = 1000
+  config.eval.max_batches = 50          # per evaluation; 0 -> the whole validation split
+  config.eval.batch_per_device = 4
+  config.eval.sample_tokens = 0         # >0: print a sampled continuation at the end
+  config.eval.sample_prompt = ""
+  config.eval.sample_temperature = 0.8
+  return config

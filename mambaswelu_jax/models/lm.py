@@ -1,0 +1,95 @@
+"""The MambaSWELU language model.
+
+tokens -> embedding (+ learned positions) -> n_layers pre-norm Mamba blocks -> final
+norm -> x + dense(x), the three dense SWELU layers d -> h -> h -> d as a residual
+branch -> logits through the tied embedding.
+
+The residual stream, norms and activations are float32; matmuls run in
+`compute_dtype` (bf16 in the study) with float32 parameters.
+"""
+
+import jax.numpy as jnp
+from flax import nnx
+
+from mambaswelu_jax.models.mamba import MambaBlock, _torch_default, make_norm
+from mambaswelu_jax.models.swelu import make_activation
+
+_embed_init = nnx.initializers.normal(0.02)
+
+
+class DenseStack(nnx.Module):
+  """Three dense layers d -> h -> h -> d, each followed by its own activation site."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    dims = (cfg.d_model, cfg.dense_hidden, cfg.dense_hidden, cfg.d_model)
+    self.layers = nnx.List([
+        nnx.Linear(i, o, use_bias=True, kernel_init=_torch_default,
+                   dtype=jnp.dtype(cfg.compute_dtype),
+                   param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+        for i, o in zip(dims[:-1], dims[1:])])
+    self.acts = nnx.List([make_activation(cfg) for _ in range(3)])
+
+  def __call__(self, x):
+    for layer, act in zip(self.layers, self.acts):
+      x = act(layer(x))
+    return x
+
+
+class MambaLM(nnx.Module):
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    pdt = jnp.dtype(cfg.param_dtype)
+    self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+    self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.float32,
+                           param_dtype=pdt, embedding_init=_embed_init, rngs=rngs)
+    self.positions = (nnx.Embed(cfg.max_len, cfg.d_model, dtype=jnp.float32,
+                                param_dtype=pdt, embedding_init=_embed_init, rngs=rngs)
+                      if cfg.learned_positions else None)
+    self.blocks = nnx.List([MambaBlock(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    self.final_norm = make_norm(cfg, rngs)
+    self.dense = DenseStack(cfg, rngs=rngs)
+
+  def _embed(self, tokens, positions):
+    x = self.embed(tokens)
+    if self.positions is not None:
+      x = x + self.positions(positions)
+    return x
+
+  def _logits(self, x):
+    x = self.final_norm(x)
+    x = x + self.dense(x)
+    e = self.embed.embedding[...].astype(self.compute_dtype)
+    return jnp.einsum("...d,vd->...v", x.astype(self.compute_dtype), e,
+                      preferred_element_type=jnp.float32)
+
+  def __call__(self, tokens):
+    """tokens int (batch, length) -> logits float32 (batch, length, vocab)."""
+    length = tokens.shape[1]
+    if self.positions is not None and length > self.cfg.max_len:
+      raise ValueError(f"MambaLM: sequence length {length} exceeds model.max_len="
+                       f"{self.cfg.max_len} of the learned position table.")
+    x = self._embed(tokens, jnp.arange(length)[None])
+    for block in self.blocks:
+      x = block(x)
+    return self._logits(x)
+
+  # Recurrent decoding: constant work per token.
+
+  def init_cache(self, batch_size: int):
+    return {"position": jnp.zeros((), jnp.int32),
+            "layers": [block.mixer.init_cache(batch_size) for block in self.blocks]}
+
+  def decode_step(self, tokens, cache):
+    """tokens int (batch,) -> (logits float32 (batch, vocab), new cache)."""
+    position = cache["position"]
+    if self.positions is not None:
+      # Past the table the last learned position is reused (the table has no more).
+      position = jnp.minimum(position, self.cfg.max_len - 1)
+    x = self._embed(tokens, position)
+    layers = []
+    for block, layer_cache in zip(self.blocks, cache["layers"]):
+      x, layer_cache = block.step(x, layer_cache)
+      layers.append(layer_cache)
+    return self._logits(x), {"position": cache["position"] + 1, "layers": layers}
+

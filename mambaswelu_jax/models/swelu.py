@@ -1,0 +1,82 @@
+"""SWELU: λ·sign(z)·(1 − exp(−|z|^k)) with learnable k (kept positive) and λ.
+
+Computed in float32 whatever the input dtype. The derivative in z is
+λ·k·|z|^(k−1)·exp(−|z|^k), which diverges at z = 0 when k < 1 (the original study
+saw k fall to 0.39). A custom JVP keeps every derivative finite: for k < 1 the slope
+is evaluated at max(|z|, Z_FLOOR), i.e. capped at its value there, and log|z| is taken
+at max(|z|, tiny) so that the k-derivative λ·sign(z)·exp(−p)·p·log|z| is 0 at z = 0.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# Below this |z| the z-slope for k < 1 is held at its value at Z_FLOOR: with k = 0.39
+# that caps it near 1.8e3 instead of letting it reach inf at z = 0.
+Z_FLOOR = 1e-6
+_TINY = float(np.finfo(np.float32).tiny)
+
+
+@jax.custom_jvp
+def swelu(z, k, lam):
+  """SWELU on float32 arrays; k > 0 and lam are scalars (or broadcastable)."""
+  p = jnp.exp(k * jnp.log(jnp.maximum(jnp.abs(z), _TINY)))
+  return lam * jnp.sign(z) * -jnp.expm1(-p)
+
+
+@swelu.defjvp
+def _swelu_jvp(primals, tangents):
+  z, k, lam = primals
+  dz, dk, dlam = tangents
+  a = jnp.abs(z)
+  log_a = jnp.log(jnp.maximum(a, _TINY))
+  p = jnp.exp(k * log_a)
+  e = jnp.exp(-p)
+  s = jnp.sign(z)
+  shape = -jnp.expm1(-p)
+  y = lam * s * shape
+  # k >= 1: |z|^(k-1) is finite everywhere (1 at z = 0 when k = 1).
+  log_a_slope = jnp.where(k < 1, jnp.log(jnp.maximum(a, Z_FLOOR)), log_a)
+  dy_dz = lam * k * e * jnp.exp((k - 1) * log_a_slope)
+  dy_dk = lam * s * e * p * log_a
+  dy_dlam = s * shape
+  return y, dy_dz * dz + dy_dk * dk + dy_dlam * dlam
+
+
+def inverse_softplus(x):
+  return float(x + np.log(-np.expm1(-x)))
+
+
+class SWELU(nnx.Module):
+  """One activation site: its own k (as softplus(k_raw), so k > 0) and λ."""
+
+  def __init__(self, k_init: float = 1.0, lambda_init: float = 1.0,
+               learn_lambda: bool = True):
+    if k_init <= 0:
+      raise ValueError(f"SWELU: k_init={k_init} must be > 0.")
+    self.k_raw = nnx.Param(jnp.asarray(inverse_softplus(k_init), jnp.float32))
+    lam = jnp.asarray(lambda_init, jnp.float32)
+    self.lam = nnx.Param(lam) if learn_lambda else nnx.Variable(lam)
+
+  @property
+  def k(self):
+    return jax.nn.softplus(self.k_raw[...])
+
+  def __call__(self, z):
+    return swelu(z.astype(jnp.float32), self.k, self.lam[...])
+
+
+class SiLU(nnx.Module):
+  """The ablation's activation site: same call signature, no parameters."""
+
+  def __call__(self, z):
+    return jax.nn.silu(z.astype(jnp.float32))
+
+
+def make_activation(cfg) -> nnx.Module:
+  if cfg.activation == "swelu":
+    return SWELU(cfg.swelu_k_init, cfg.swelu_lambda_init, cfg.swelu_learn_lambda)
+  if cfg.activation == "silu":
+    return SiLU()
+  raise ValueError(f"model.activation={cfg.activation!r}: choose 'swelu' or 'silu'.")
