@@ -1,0 +1,11 @@
+"""Data: sources -> SentencePiece tokenizer -> grain pipeline.
+
+  sources      make_source(data_cfg): embedded (stdlib), slimpajama, wikipedia
+  tokenizer    train_tokenizer, load_tokenizer, prepare_tokenizer; the CLI trains
+               the shared study tokenizer
+  pipeline     make_train_dataset (resumable grain training batches),
+               make_eval_batches (deterministic eval batches with byte counts)
+  pretokenize  the CLI writing token shards; TokenShards / TokenWindows readers
+
+TensorFlow / tfds are imported only inside the wikipedia source.
+"""

@@ -1,0 +1,489 @@
+"""Document sources: the offline embedded corpus, SlimPajama and Wikipedia.
+
+Every source yields documents as plain dicts::
+
+  {"text": str, "text_type": str, "id": str}
+
+Public names:
+
+  DataError              ValueError raised for missing / empty / misconfigured data,
+                         before any model compiles.
+  SPLITS                 ("train", "validation", "test").
+  make_source(data_cfg)  builds the source named by `data_cfg.source` and runs its
+                         cheap `check()`; returns a `Source`.
+  InMemorySource(docs_by_split, text_types)   documents held in a dict.
+  Source                 `.name`, `.text_types` (stable order), `.documents(split)`,
+                         `.check()`, `.skipped` (Counter of reasons -> count for the
+                         most recent complete or partial pass, keyed by split).
+  split_of(key, validation_fraction, test_fraction)
+                         the stable hash split used by `embedded` and `wikipedia`.
+
+Splits are a function of a document's id (sha256 of the id), never of file order
+or a random draw, so they are disjoint and identical on every run. SlimPajama ships
+its own train / validation / test directories and keeps them.
+
+Bad records (invalid UTF-8, malformed JSON, empty or non-string texts, unknown set
+names, truncated .zst files, unparsable Python files) are skipped and counted in
+`source.skipped[split]`; reading never crashes on them.
+"""
+
+from __future__ import annotations
+
+import ast
+import collections
+import functools
+import glob
+import hashlib
+import io
+import json
+import os
+import sys
+import sysconfig
+from typing import Any, Iterator
+
+SPLITS = ("train", "validation", "test")
+
+
+class DataError(ValueError):
+  """Missing, empty or misconfigured data (raised before training starts)."""
+
+
+def _cfg(data_cfg, key: str, default: Any) -> Any:
+  """Reads an optional key from a ConfigDict or a plain dict."""
+  if isinstance(data_cfg, dict):
+    return data_cfg.get(key, default)
+  return getattr(data_cfg, key, default) if key in data_cfg else default
+
+
+def split_of(key: str, validation_fraction: float, test_fraction: float) -> str:
+  """Stable split of a document key: the same on every machine and every run."""
+  digest = hashlib.sha256(key.encode("utf-8")).digest()
+  u = int.from_bytes(digest[:8], "big") / 2.0**64
+  if u < validation_fraction:
+    return "validation"
+  if u < validation_fraction + test_fraction:
+    return "test"
+  return "train"
+
+
+def _check_split(split: str) -> None:
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+class Source:
+  """Base class: a named collection of documents with fixed splits."""
+
+  name = "source"
+  text_types: list[str] = []
+
+  def __init__(self):
+    self.skipped: dict[str, collections.Counter] = {
+        s: collections.Counter() for s in SPLITS}
+
+  def check(self) -> None:
+    """Raises DataError when the data is missing; cheap (no full read)."""
+
+  def documents(self, split: str) -> Iterator[dict]:
+    raise NotImplementedError
+
+  def _skip(self, split: str, reason: str, n: int = 1) -> None:
+    self.skipped[split][reason] += n
+
+
+class InMemorySource(Source):
+  """Documents given as {split: [doc, ...]} (tests, notebooks, small corpora)."""
+
+  def __init__(self, docs_by_split: dict, text_types: list[str],
+               name: str = "memory"):
+    super().__init__()
+    self.name = name
+    self.text_types = list(text_types)
+    self._docs = {s: list(docs_by_split.get(s, ())) for s in SPLITS}
+
+  def documents(self, split: str) -> Iterator[dict]:
+    _check_split(split)
+    for doc in self._docs[split]:
+      yield dict(doc)
+
+
+# --------------------------------------------------------------------------
+# embedded: the running Python's standard library.
+
+_EXCLUDED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages",
+                  "__pycache__"}
+
+
+def stdlib_root() -> str:
+  return sysconfig.get_paths()["stdlib"]
+
+
+@functools.lru_cache(maxsize=2)
+def _stdlib_documents(root: str) -> tuple[tuple[tuple[str, str, str], ...], dict]:
+  """Parses every stdlib .py file once per process: ((key, type, text), ...).
+
+  Files are parsed with `ast`, never imported (imports have side effects).
+  """
+  docs, skipped = [], collections.Counter()
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames if d not in _EXCLUDED_DIRS)
+    for filename in sorted(filenames):
+      if not filename.endswith(".py"):
+        continue
+      path = os.path.join(dirpath, filename)
+      key = os.path.relpath(path, root).replace(os.sep, "/")
+      parsed = _parse_python_file(path)
+      if parsed is None:
+        skipped["unparsable_python_file"] += 1
+        continue
+      source, docstrings = parsed
+      if docstrings:
+        docs.append((key, "docstring", docstrings))
+      if source.strip():
+        docs.append((key, "code", source))
+  return tuple(docs), dict(skipped)
+
+
+def _parse_python_file(path: str) -> tuple[str, str] | None:
+  """Returns (source text, its docstrings joined) or None when unreadable."""
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+    tree = ast.parse(raw)
+    # The encoding cookie is honoured by ast; decode the same way for the text.
+    import tokenize  # pylint: disable=g-import-not-at-top
+    encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+    source = raw.decode(encoding)
+  except (SyntaxError, ValueError, UnicodeDecodeError, OSError):
+    return None
+  return source, _docstrings(tree)
+
+
+def _docstrings(tree: ast.AST) -> str:
+  """The module's docstrings in source order, each headed by its qualified name."""
+  parts = []
+
+  def visit(node, prefix):
+    doc = ast.get_docstring(node, clean=True)
+    if doc:
+      parts.append(f"{prefix or '<module>'}\n{doc}" if prefix else doc)
+    for child in ast.iter_child_nodes(node):
+      if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        visit(child, f"{prefix}.{child.name}" if prefix else child.name)
+
+  visit(tree, "")
+  return "\n\n".join(parts)
+
+
+class EmbeddedSource(Source):
+  """Docstrings and source code of the running Python's standard library.
+
+  Two text types: "docstring" (human-written prose, one document per module:
+  its docstrings with qualified names) and "code" (the module's source file).
+  Both documents of a module share the split of the module's path, so no text of
+  a held-out module is trained on.
+  """
+
+  name = "embedded"
+  text_types = ["docstring", "code"]
+
+  def __init__(self, root: str | None = None, validation_fraction: float = 0.02,
+               test_fraction: float = 0.02):
+    super().__init__()
+    self.root = root or stdlib_root()
+    self.validation_fraction = validation_fraction
+    self.test_fraction = test_fraction
+
+  def check(self) -> None:
+    if not glob.glob(os.path.join(self.root, "*.py")):
+      raise DataError(
+          f"embedded source: no Python standard library .py files under "
+          f"{self.root!r} (looked for {self.root}/*.py). This Python install "
+          f"ships without its library sources; install the full Python "
+          f"(e.g. the python3.X-dev / python3-full package) or use another "
+          f"data.source.")
+
+  def documents(self, split: str) -> Iterator[dict]:
+    _check_split(split)
+    docs, skipped = _stdlib_documents(self.root)
+    self.skipped[split] = collections.Counter(skipped)
+    for key, text_type, text in docs:
+      if split_of(key, self.validation_fraction, self.test_fraction) == split:
+        yield {"text": text, "text_type": text_type, "id": f"{text_type}:{key}"}
+
+  def describe(self) -> dict:
+    """Sizes in UTF-8 bytes: total and per (text_type, split)."""
+    docs, _ = _stdlib_documents(self.root)
+    sizes = collections.Counter()
+    for key, text_type, text in docs:
+      n = len(text.encode("utf-8"))
+      sizes[(text_type, split_of(key, self.validation_fraction,
+                                 self.test_fraction))] += n
+    return {"root": self.root, "python": sys.version.split()[0],
+            "documents": len(docs), "bytes": sum(sizes.values()),
+            "bytes_by_type_split": dict(sizes)}
+
+
+# --------------------------------------------------------------------------
+# slimpajama: local copy of cerebras/SlimPajama-627B.
+
+SLIMPAJAMA_SETS = ["RedPajamaCommonCrawl", "RedPajamaC4", "RedPajamaGithub",
+                   "RedPajamaBook", "RedPajamaArXiv", "RedPajamaWikipedia",
+                   "RedPajamaStackExchange"]
+
+SLIMPAJAMA_HELP = (
+    "Download it (about 900 GB; the validation and test splits alone are a few "
+    "GB) with\n"
+    "  pip install -U huggingface_hub\n"
+    "  huggingface-cli download cerebras/SlimPajama-627B --repo-type dataset "
+    "--local-dir /data/SlimPajama-627B\n"
+    "(add --include 'validation/*' 'test/*' 'train/chunk1/*' for a subset) and "
+    "set config.data.data_dir=/data/SlimPajama-627B.")
+
+
+def slimpajama_files(root: str, split: str) -> list[str]:
+  """The split's .jsonl.zst files, in a fixed order (chunk, then file number)."""
+  _check_split(split)
+  pattern = ("example_train_*.jsonl.zst" if split == "train"
+             else "example_holdout_*.jsonl.zst")
+  files = glob.glob(os.path.join(root, split, "chunk*", pattern))
+  return sorted(files, key=_natural_key)
+
+
+def _natural_key(path: str) -> list:
+  """Sorts chunk2 before chunk10 and example_train_9 before example_train_10."""
+  import re  # pylint: disable=g-import-not-at-top
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+
+class TruncatedFile(Exception):
+  """A compressed stream ended inside a frame."""
+
+
+def zstd_lines(path: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+  """Lines of a (multi-frame) .zst file; raises TruncatedFile at a cut end.
+
+  zstandard's stream_reader ends silently at a truncated frame, so we drive a
+  decompressobj ourselves and check that the last frame is complete. A cut
+  file yields its complete lines first; the cut line is not yielded.
+  """
+  import zstandard  # pylint: disable=g-import-not-at-top
+  dctx = zstandard.ZstdDecompressor()
+  dobj, in_frame, pending = dctx.decompressobj(), False, b""
+  with open(path, "rb") as f:
+    for raw in iter(lambda: f.read(chunk_size), b""):
+      while raw:
+        out = dobj.decompress(raw)
+        in_frame, raw = True, b""
+        if dobj.eof:  # a frame ended: the next one starts in unused_data
+          raw = dobj.unused_data
+          dobj, in_frame = dctx.decompressobj(), False
+        if out:
+          lines = (pending + out).split(b"\n")
+          pending = lines.pop()
+          yield from lines
+  if in_frame:
+    raise TruncatedFile(path)
+  if pending:
+    yield pending
+
+
+class SlimPajamaSource(Source):
+  """Reads `{split}/chunk*/example_*.jsonl.zst`; text_type = redpajama_set_name."""
+
+  name = "slimpajama"
+  text_types = list(SLIMPAJAMA_SETS)
+
+  def __init__(self, data_dir: str):
+    super().__init__()
+    self.root = os.path.expanduser(data_dir or "")
+
+  def check(self) -> None:
+    if not self.root:
+      raise DataError("slimpajama source: config.data.data_dir is empty. "
+                      + SLIMPAJAMA_HELP)
+    for split in ("train", "validation"):
+      if not slimpajama_files(self.root, split):
+        raise DataError(
+            f"slimpajama source: no files matching "
+            f"{os.path.join(self.root, split, 'chunk*', 'example_*.jsonl.zst')}"
+            f" ({split} split). " + SLIMPAJAMA_HELP)
+
+  def documents(self, split: str) -> Iterator[dict]:
+    self.skipped[split] = collections.Counter()
+    for path in slimpajama_files(self.root, split):
+      rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+      yield from self._read_file(path, rel, split)
+
+  def _read_file(self, path: str, rel: str, split: str) -> Iterator[dict]:
+    try:
+      for line_no, line in enumerate(zstd_lines(path)):
+        doc = self._parse(line, split)
+        if doc is not None:
+          doc["id"] = f"{rel}:{line_no}"
+          yield doc
+    except TruncatedFile:
+      self._skip(split, "truncated_zst_file")
+    except OSError:
+      self._skip(split, "unreadable_file")
+    except Exception as e:  # pylint: disable=broad-except
+      if type(e).__name__ != "ZstdError":
+        raise
+      self._skip(split, "corrupt_zst_file")
+
+  def _parse(self, line: bytes, split: str) -> dict | None:
+    if not line.strip():
+      return None  # blank lines are layout, not records
+    try:
+      record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+      self._skip(split, "invalid_utf8")
+      return None
+    except ValueError:
+      self._skip(split, "malformed_json")
+      return None
+    text = record.get("text") if isinstance(record, dict) else None
+    if not isinstance(text, str) or not text:
+      self._skip(split, "empty_or_missing_text")
+      return None
+    meta = record.get("meta")
+    set_name = meta.get("redpajama_set_name") if isinstance(meta, dict) else None
+    if set_name not in SLIMPAJAMA_SETS:
+      self._skip(split, "unknown_set_name")
+      return None
+    if "\ud800" <= max(text) and _has_surrogates(text):
+      self._skip(split, "invalid_utf8")  # JSON "\ud800" escapes: not encodable
+      return None
+    return {"text": text, "text_type": set_name}
+
+
+def _has_surrogates(text: str) -> bool:
+  try:
+    text.encode("utf-8")
+    return False
+  except UnicodeEncodeError:
+    return True
+
+
+# --------------------------------------------------------------------------
+# wikipedia: tensorflow-datasets `wikipedia/<date>.<lang>`.
+
+WIKIPEDIA_HELP = (
+    "Prepare it once with tensorflow-datasets (needs apache-beam and "
+    "mwparserfromhell: pip install apache-beam mwparserfromhell), e.g.\n"
+    "  tfds build wikipedia/20230601.en --data_dir=/data/tfds\n"
+    "or copy a prepared dataset from gs://tfds-data/datasets/wikipedia, or set "
+    "config.data.try_gcs=True on a machine that reaches GCS; then set "
+    "config.data.data_dir=/data/tfds.")
+
+
+class WikipediaSource(Source):
+  """tfds `wikipedia/<config>`: text = title + blank line + article text.
+
+  tfds publishes only a train split; validation and test are carved out of it
+  by the stable hash of the article title.
+  """
+
+  name = "wikipedia"
+  text_types = ["wikipedia"]
+
+  def __init__(self, config: str = "20230601.en", data_dir: str = "",
+               try_gcs: bool = False, validation_fraction: float = 0.005,
+               test_fraction: float = 0.005):
+    super().__init__()
+    self.dataset_name = f"wikipedia/{config}"
+    self.data_dir = os.path.expanduser(data_dir) if data_dir else None
+    self.try_gcs = try_gcs
+    self.validation_fraction = validation_fraction
+    self.test_fraction = test_fraction
+
+  def _builder(self):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    try:
+      return tfds.builder(self.dataset_name, data_dir=self.data_dir,
+                          try_gcs=self.try_gcs)
+    except Exception as e:  # tfds raises several types for unknown configs
+      raise DataError(f"wikipedia source: cannot open tfds dataset "
+                      f"{self.dataset_name!r} ({e}). " + WIKIPEDIA_HELP) from e
+
+  def check(self) -> None:
+    builder = self._builder()
+    if not _tfds_is_prepared(builder):
+      raise DataError(
+          f"wikipedia source: tfds dataset {self.dataset_name!r} is not "
+          f"prepared under data_dir={builder.data_dir!r} "
+          f"(try_gcs={self.try_gcs}). " + WIKIPEDIA_HELP)
+
+  def documents(self, split: str) -> Iterator[dict]:
+    _check_split(split)
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    self.skipped[split] = collections.Counter()
+    ds = self._builder().as_dataset(split="train", shuffle_files=False)
+    for example in tfds.as_numpy(ds):
+      title = _as_text(example.get("title"))
+      text = _as_text(example.get("text"))
+      if title is None or text is None:
+        self._skip(split, "invalid_utf8")
+        continue
+      if not text.strip():
+        self._skip(split, "empty_or_missing_text")
+        continue
+      if split_of(title, self.validation_fraction, self.test_fraction) != split:
+        continue
+      yield {"text": f"{title}\n\n{text}", "text_type": "wikipedia",
+             "id": title}
+
+
+def _as_text(value) -> str | None:
+  if isinstance(value, bytes):
+    try:
+      return value.decode("utf-8")
+    except UnicodeDecodeError:
+      return None
+  return value if isinstance(value, str) else None
+
+
+def _tfds_is_prepared(builder) -> bool:
+  """True when the builder can serve examples (files, GCS or tfds mock data)."""
+  try:
+    if builder.is_prepared():
+      return True
+  except Exception:  # pylint: disable=broad-except
+    pass
+  # tfds.testing.mock_data serves examples without any files: read one.
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    ds = builder.as_dataset(split="train[:1]", shuffle_files=False)
+    next(iter(tfds.as_numpy(ds)))
+    return True
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+# --------------------------------------------------------------------------
+
+
+def make_source(data_cfg) -> Source:
+  """Builds `data_cfg.source` and checks it (raises DataError when missing)."""
+  name = _cfg(data_cfg, "source", "embedded")
+  val = _cfg(data_cfg, "validation_fraction", None)
+  test = _cfg(data_cfg, "test_fraction", None)
+  if name == "embedded":
+    source = EmbeddedSource(
+        root=_cfg(data_cfg, "embedded_root", "") or None,
+        validation_fraction=0.02 if val is None else val,
+        test_fraction=0.02 if test is None else test)
+  elif name == "slimpajama":
+    source = SlimPajamaSource(_cfg(data_cfg, "data_dir", ""))
+  elif name == "wikipedia":
+    source = WikipediaSource(
+        config=_cfg(data_cfg, "wikipedia_config", "20230601.en"),
+        data_dir=_cfg(data_cfg, "data_dir", ""),
+        try_gcs=_cfg(data_cfg, "try_gcs", False),
+        validation_fraction=0.005 if val is None else val,
+        test_fraction=0.005 if test is None else test)
+  else:
+    raise DataError(f"unknown data.source {name!r}; "
+                    f"expected embedded, slimpajama or wikipedia")
+  source.check()
+  return source
