@@ -195,6 +195,14 @@ class _ToTrainBatch:
                                          self.skipped_documents, np.int32)}
 
 
+def _absl_flags_parsed() -> None:
+  """Grain's worker processes read absl flags; outside an absl app (tests,
+  notebooks, the benchmark) nothing parsed them, so take their defaults."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
 def per_process_batch(global_batch_size: int, process_count: int) -> int:
   if global_batch_size % process_count:
     raise ValueError(f"global batch {global_batch_size} is not divisible by "
@@ -227,6 +235,7 @@ def make_train_dataset(data_cfg, tokenizer, global_batch_size: int, *,
   ds = ds.to_iter_dataset()
   workers = _cfg(data_cfg, "num_workers", 0) if num_workers is None else num_workers
   if workers > 0:
+    _absl_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers,
         per_worker_buffer_size=int(_cfg(data_cfg, "worker_buffer_size", 16))))
