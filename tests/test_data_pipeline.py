@@ -268,7 +268,7 @@ def test_pretokenized_with_another_tokenizer_is_refused(source, small_tokenizer,
   from mambaswelu_jax.data import tokenizer as tokenizer_lib
   pretokenize.pretokenize_split(source, small_tokenizer, "train", str(tmp_path))
   other = tokenizer_lib.train_tokenizer(
-      [d["text"] for d in source.documents("train")] * 3, 280,
+      [d["text"] for d in source.documents("train")] * 3, 290,
       str(tmp_path / "other.model"))
   with pytest.raises(DataError, match="another tokenizer"):
     pipeline.make_train_dataset(_cfg(pretokenized_dir=str(tmp_path)), other, 2)

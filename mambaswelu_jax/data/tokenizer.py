@@ -184,7 +184,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, output_path: str, *,
   except RuntimeError as e:
     raise ValueError(f"SentencePiece training failed ({e}); with "
                      f"{stats['bytes']} bytes of text, vocab_size={vocab_size} "
-                     f"may be too large for the sample") from e
+                     f"may not fit the sample") from e
   tokenizer = Tokenizer(model.getvalue())
   tokenizer.save(output_path)
   meta = {"vocab_size": vocab_size, "model_type": model_type,
