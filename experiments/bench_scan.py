@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels import selective_scan
-from kernels.selective_scan import _discretize
+from kernels.scan import _discretize
 
 
 def associative_scan(u, delta, A, B, C, D, z, delta_bias):

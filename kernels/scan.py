@@ -240,6 +240,11 @@ def _scan_with(ssm, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
   return _finish(y, u, D, z, dtype), h_last
 
 
+def available_implementations() -> tuple:
+  """The concrete implementations this build can run."""
+  return ("reference", "xla") + (("pallas",) if _PALLAS_SCAN is not None else ())
+
+
 def _resolve_impl(impl):
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"selective_scan: unknown impl={impl!r}; choose one of "

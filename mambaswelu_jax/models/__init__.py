@@ -30,8 +30,9 @@ def param_count(model_cfg) -> int:
 
 
 def _path_key(path) -> str:
-  last = path[-1]
-  return str(getattr(last, "key", getattr(last, "name", last)))
+  """Name of the parameter a leaf path ends at (past a Variable's `.value`)."""
+  names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+  return [n for n in names if n != "value"][-1]
 
 
 def weight_decay_mask(params):
