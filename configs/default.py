@@ -45,6 +45,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.source = "embedded"      # embedded | slimpajama | wikipedia
   config.data.seq_len = 1024
   config.data.tokens_per_parameter = 20.0
+  # Where the documents come from (mambaswelu_jax/data/sources.py).
+  config.data.data_dir = ""            # slimpajama: the SlimPajama-627B copy; wikipedia: tfds data_dir
+  config.data.wikipedia_config = "20230601.en"  # tfds wikipedia/<config>
+  config.data.try_gcs = False          # wikipedia: read the prepared tfds copy from GCS
+  config.data.validation_fraction = 0.02  # embedded / wikipedia: held out by a hash of the id
+  config.data.test_fraction = 0.02
+  # Tokenizer: one per study; a run copies it into workdir/tokenizer.model.
+  config.data.tokenizer_path = ""      # "" -> train one on the source's train split
+  config.data.vocab_size = config.model.get_ref("vocab_size")  # size when training one
+  config.data.tokenizer_sample_bytes = 8_000_000  # text sampled to train one (~seconds)
+  # Training input pipeline (grain).
+  config.data.num_workers = 0          # tokenizing worker processes; 0 = in-process
+  config.data.worker_buffer_size = 16  # tokenized documents queued per worker
+  config.data.pretokenized_dir = ""    # shards from `python -m mambaswelu_jax.data.pretokenize`
+  config.data.max_documents = 0        # on-the-fly: cap on train documents held in memory (0: all)
+  config.data.max_text_bytes = 8 << 30  # on-the-fly: refuse larger splits (pre-tokenize them)
 
   config.train = ml_collections.ConfigDict()
   config.train.global_batch_size = 16  # sequences per optimizer step (all devices, all hosts)
