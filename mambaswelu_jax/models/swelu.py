@@ -32,14 +32,14 @@ def _swelu_jvp(primals, tangents):
   a = jnp.abs(z)
   log_a = jnp.log(jnp.maximum(a, _TINY))
   p = jnp.exp(k * log_a)
-  e = jnp.exp(-p)
   s = jnp.sign(z)
   shape = -jnp.expm1(-p)
   y = lam * s * shape
-  # k >= 1: |z|^(k-1) is finite everywhere (1 at z = 0 when k = 1).
+  # exp(-p) times a power of |z| is taken in log space: for huge |z|, p = inf and the
+  # product must be 0, not 0 * inf. For k >= 1, |z|^(k-1) is finite everywhere.
   log_a_slope = jnp.where(k < 1, jnp.log(jnp.maximum(a, Z_FLOOR)), log_a)
-  dy_dz = lam * k * e * jnp.exp((k - 1) * log_a_slope)
-  dy_dk = lam * s * e * p * log_a
+  dy_dz = lam * k * jnp.exp((k - 1) * log_a_slope - p)
+  dy_dk = lam * s * jnp.exp(k * log_a - p) * log_a
   dy_dlam = s * shape
   return y, dy_dz * dz + dy_dk * dk + dy_dlam * dlam
 
