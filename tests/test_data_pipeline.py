@@ -272,3 +272,37 @@ def test_pretokenized_with_another_tokenizer_is_refused(source, small_tokenizer,
       str(tmp_path / "other.model"))
   with pytest.raises(DataError, match="another tokenizer"):
     pipeline.make_train_dataset(_cfg(pretokenized_dir=str(tmp_path)), other, 2)
+
+
+def test_pretokenize_in_parallel_tasks(source, small_tokenizer, tmp_path):
+  tok = small_tokenizer
+  for i in range(3):
+    pretokenize.pretokenize_split(source, tok, "train", str(tmp_path),
+                                  shard_tokens=200, task_index=i, num_tasks=3)
+  shards = pretokenize.TokenShards(str(tmp_path / "train"))
+  docs = [tok.encode(d["text"]) + [tok.eos_id]
+          for d in source.documents("train")]
+  want = np.concatenate([np.concatenate(docs[i::3]) for i in range(3)])
+  np.testing.assert_array_equal(shards.read(0, shards.num_tokens), want)
+  os.rename(tmp_path / "train" / "task_00002-of-00003", tmp_path / "gone")
+  with pytest.raises(DataError, match="missing"):
+    pretokenize.TokenShards(str(tmp_path / "train"))
+
+
+def test_pretokenize_command_on_slimpajama(small_tokenizer, tmp_path):
+  from mambaswelu_jax.data.testing import write_slimpajama
+  write_slimpajama(str(tmp_path / "sp"))
+  small_tokenizer.save(str(tmp_path / "tok.model"))
+  pretokenize.main(["--source=slimpajama", f"--data_dir={tmp_path / 'sp'}",
+                    f"--tokenizer={tmp_path / 'tok.model'}",
+                    f"--output_dir={tmp_path / 'out'}",
+                    "--splits=train,validation"])
+  train = pretokenize.TokenShards(str(tmp_path / "out" / "train"))
+  assert sum(train.skipped.values()) == 7
+  val = pretokenize.TokenShards(str(tmp_path / "out" / "validation"))
+  assert small_tokenizer.decode(val.read(0, val.num_tokens)).startswith(
+      "validation doc 0")
+  ds = pipeline.make_train_dataset(
+      _cfg(seq_len=8, pretokenized_dir=str(tmp_path / "out")),
+      small_tokenizer, 2)
+  assert next(iter(ds))["skipped_documents"].tolist() == [7, 7]

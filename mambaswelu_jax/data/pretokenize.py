@@ -13,6 +13,10 @@ The index is rewritten atomically after every finished shard, so an interrupted
 run resumes at the first unfinished shard: it skips the documents already
 written (reading, not tokenizing them) and rewrites the unfinished shard.
 
+Big splits: run `--num_tasks=N --task_index=i` for i in 0..N-1 in parallel; task i
+tokenizes documents i, i+N, ... into `<split>/task_<i>-of-<N>/` (same layout);
+readers join the tasks in order. Each task resumes on its own.
+
   python -m mambaswelu_jax.data.pretokenize --source=slimpajama \\
       --data_dir=/data/SlimPajama-627B --tokenizer=/data/study_tokenizer.model \\
       --output_dir=/data/slimpajama_tok --splits=train,validation
@@ -64,11 +68,25 @@ def _batched(iterable: Iterable, n: int):
     yield batch
 
 
+def task_dirname(task_index: int, num_tasks: int) -> str:
+  return f"task_{task_index:05d}-of-{num_tasks:05d}"
+
+
 def pretokenize_split(source, tokenizer, split: str, output_dir: str, *,
                       shard_tokens: int = 1 << 28, max_tokens: int = 0,
-                      encode_batch: int = 256, num_threads: int = 0) -> dict:
-  """Writes (or resumes writing) one split's shards; returns its index."""
+                      encode_batch: int = 256, num_threads: int = 0,
+                      task_index: int = 0, num_tasks: int = 1) -> dict:
+  """Writes (or resumes writing) one split's shards; returns its index.
+
+  With num_tasks > 1, this call handles documents i with i % num_tasks ==
+  task_index into `<split>/task_<i>-of-<n>/`; run the tasks in parallel (one
+  process or machine each); readers join them in task order.
+  """
+  if not 0 <= task_index < num_tasks:
+    raise ValueError(f"task_index {task_index} not in [0, {num_tasks})")
   directory = os.path.join(output_dir, split)
+  if num_tasks > 1:
+    directory = os.path.join(directory, task_dirname(task_index, num_tasks))
   os.makedirs(directory, exist_ok=True)
   dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
   index = {"dtype": dtype, "eos_id": tokenizer.eos_id,
@@ -110,7 +128,8 @@ def pretokenize_split(source, tokenizer, split: str, output_dir: str, *,
     _write_index(directory, index)
     shard = None
 
-  stream = source.documents(split)
+  stream = (d for i, d in enumerate(source.documents(split))
+            if i % num_tasks == task_index)
   for _ in range(done_docs):  # resume: these are in finished shards
     next(stream)
   total = done_tokens
@@ -137,24 +156,54 @@ def pretokenize_split(source, tokenizer, split: str, output_dir: str, *,
   return index
 
 
+def _read_index(directory: str) -> dict:
+  with open(os.path.join(directory, INDEX)) as f:
+    index = json.load(f)
+  if not index["complete"]:
+    raise DataError(f"{directory} is incomplete (pre-tokenization was "
+                    f"interrupted); rerun the same command to finish it")
+  return index
+
+
+def _task_dirs(directory: str) -> list[str]:
+  """The task_*-of-N subdirectories, all N of them, in task order."""
+  names = sorted(n for n in os.listdir(directory) if n.startswith("task_"))
+  if not names:
+    return []
+  num_tasks = int(names[0].rsplit("-of-", 1)[1])
+  want = [task_dirname(i, num_tasks) for i in range(num_tasks)]
+  if names != want:
+    missing = sorted(set(want) - set(names))
+    raise DataError(f"{directory}: pre-tokenization tasks missing or mixed: "
+                    f"{missing or names}; run every --task_index of "
+                    f"--num_tasks={num_tasks}")
+  return [os.path.join(directory, n) for n in names]
+
+
 class TokenShards:
   """Random access to a pre-tokenized split (all shards as one token stream)."""
 
   def __init__(self, directory: str):
-    path = os.path.join(directory, INDEX)
-    if not os.path.exists(path):
-      raise DataError(f"no pre-tokenized data at {path}; write it with "
-                      f"python -m mambaswelu_jax.data.pretokenize")
-    with open(path) as f:
-      self.index = json.load(f)
-    if not self.index["complete"]:
-      raise DataError(f"{directory} is incomplete (pre-tokenization was "
-                      f"interrupted); rerun the same command to finish it")
+    if os.path.exists(os.path.join(directory, INDEX)):
+      dirs = [directory]
+    else:
+      dirs = _task_dirs(directory) if os.path.isdir(directory) else []
+    if not dirs:
+      raise DataError(f"no pre-tokenized data at {directory}/{INDEX}; write it "
+                      f"with python -m mambaswelu_jax.data.pretokenize")
+    indexes = [_read_index(d) for d in dirs]
+    if len({i["tokenizer_sha256"] for i in indexes}) != 1:
+      raise DataError(f"{directory}: tasks were written with different "
+                      f"tokenizers")
+    self.index = indexes[0]
     self.directory = directory
-    self.skipped = dict(self.index.get("skipped", {}))
-    self._arrays = [np.memmap(os.path.join(directory, s["file"]),
-                              dtype=self.index["dtype"], mode="r")
-                    for s in self.index["shards"] if s["tokens"]]
+    # Every task reads the whole stream, so each counts every bad record.
+    self.skipped = dict(max((i.get("skipped", {}) for i in indexes),
+                            key=lambda s: sum(s.values())))
+    self._arrays = [np.memmap(os.path.join(d, s["file"]), dtype=i["dtype"],
+                              mode="r")
+                    for d, i in zip(dirs, indexes)
+                    for s in i["shards"] if s["tokens"]]
     sizes = [len(a) for a in self._arrays]
     self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     self.num_tokens = int(self._starts[-1])
@@ -211,6 +260,9 @@ def main(argv=None) -> None:
   parser.add_argument("--max_tokens", type=int, default=0,
                       help="stop a split after about this many tokens (0: all)")
   parser.add_argument("--num_threads", type=int, default=0)
+  parser.add_argument("--num_tasks", type=int, default=1,
+                      help="split the work over this many parallel processes")
+  parser.add_argument("--task_index", type=int, default=0)
   args = parser.parse_args(argv)
   source = sources_lib.make_source(
       {"source": args.source, "data_dir": args.data_dir,
@@ -221,7 +273,9 @@ def main(argv=None) -> None:
     index = pretokenize_split(source, tokenizer, split, args.output_dir,
                               shard_tokens=args.shard_tokens,
                               max_tokens=args.max_tokens,
-                              num_threads=args.num_threads)
+                              num_threads=args.num_threads,
+                              task_index=args.task_index,
+                              num_tasks=args.num_tasks)
     tokens = sum(s["tokens"] for s in index["shards"])
     print(f"{split}: {tokens} tokens, {index['documents']} documents, "
           f"{len(index['shards'])} shards, skipped {index['skipped']} "
