@@ -131,6 +131,17 @@ def test_resume_through_orbax_continues_with_next_batch(
       i.close()
 
 
+def test_restoring_a_state_for_other_settings_is_refused(source,
+                                                         small_tokenizer):
+  make = lambda seed: iter(pipeline.make_train_dataset(
+      _cfg(), small_tokenizer, 4, seed=seed, source=source))
+  it = make(1)
+  _take(it, 2)
+  other = make(2)
+  with pytest.raises(DataError, match="seed"):
+    other.set_state(it.get_state())
+
+
 def test_worker_count_does_not_change_batches(source, small_tokenizer):
   make = lambda w: iter(pipeline.make_train_dataset(
       _cfg(num_workers=w), small_tokenizer, 2, seed=5, source=source))

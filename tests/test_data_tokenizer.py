@@ -4,8 +4,9 @@ import copy
 import os
 import random
 
+import hypothesis
+from hypothesis import strategies as st
 import ml_collections
-import numpy as np
 import pytest
 
 from mambaswelu_jax.data import sources, tokenizer as tokenizer_lib
@@ -42,6 +43,14 @@ def test_round_trip_on_random_unicode(small_tokenizer):
     assert ids == small_tokenizer.encode(s)
     assert small_tokenizer.decode(ids) == s, repr(s)
     assert small_tokenizer.count_bytes(ids) == len(s.encode("utf-8"))
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(st.text(alphabet=st.characters(exclude_categories=["Cs"])))
+def test_round_trip_property(small_tokenizer, text):
+  ids = small_tokenizer.encode(text)
+  assert small_tokenizer.decode(ids) == text
+  assert small_tokenizer.count_bytes(ids) == len(text.encode("utf-8"))
 
 
 def test_special_ids_and_reload(small_tokenizer, tmp_path):

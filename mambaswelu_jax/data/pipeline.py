@@ -26,7 +26,10 @@ process_index=..., process_count=...)` -> `grain.IterDataset`):
   `grain.checkpoint.CheckpointSave(it)` in an Orbax CheckpointManager and restore
   with `grain.checkpoint.CheckpointRestore(it)` (or `it.get_state()` /
   `it.set_state(state)`, a small JSON-able dict); the restored iterator yields the
-  very next batch. Same seed and process count give the same batches.
+  very next batch. Same seed and process count give the same batches. The state
+  carries a fingerprint (document ids, tokenizer, seq_len, batch, seed, process
+  index / count, num_workers); restoring it into a pipeline built differently
+  raises DataError rather than feeding other batches.
 
   With `data_cfg.pretokenized_dir` set, training reads token windows from shards
   written by `python -m mambaswelu_jax.data.pretokenize` (random access, memmap):
@@ -58,9 +61,8 @@ max_tokens=0, process_index=0, process_count=1)` -> `EvalBatches`, re-iterable):
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import json
+import hashlib
 import os
 from typing import Any, Iterator, Sequence
 
@@ -83,28 +85,38 @@ class LoadedSplit:
   texts: list[str]
   text_bytes: int
   skipped: dict[str, int]
+  digest: str  # of the document ids, in order: names the data a state is for
 
 
 def load_split(source, split: str, max_documents: int = 0,
                max_text_bytes: int = 8 << 30) -> LoadedSplit:
   """Reads a split's texts (bad records skipped and counted); fails if empty."""
-  texts, total = [], 0
+  estimate = source.estimated_bytes(split)
+  if not max_documents and estimate and estimate > max_text_bytes:
+    raise DataError(_too_big(source, split, max_text_bytes, f"~{estimate}"))
+  texts, total, ids = [], 0, hashlib.sha256()
   for doc in source.documents(split):
     texts.append(doc["text"])
+    ids.update(doc["id"].encode("utf-8", "replace") + b"\0")
     total += len(doc["text"])
     if max_documents and len(texts) >= max_documents:
       break
     if total > max_text_bytes:
-      raise DataError(
-          f"{source.name} {split}: more than max_text_bytes={max_text_bytes} "
-          f"of text; on-the-fly mode keeps the split in memory. Pre-tokenize "
-          f"it (python -m mambaswelu_jax.data.pretokenize ...) and set "
-          f"config.data.pretokenized_dir, or set config.data.max_documents.")
+      raise DataError(_too_big(source, split, max_text_bytes, "more"))
   skipped = dict(source.skipped[split])
   if not texts:
     raise DataError(f"{source.name}: no usable documents in the {split} split "
                     f"(skipped: {skipped or 'none'}); check config.data.")
-  return LoadedSplit(texts, total, skipped)
+  return LoadedSplit(texts, total, skipped,
+                     f"{source.name}:{len(texts)}:{ids.hexdigest()[:16]}")
+
+
+def _too_big(source, split, max_text_bytes, size) -> str:
+  return (f"{source.name} {split}: {size} bytes of text, over "
+          f"config.data.max_text_bytes={max_text_bytes}; on-the-fly mode keeps "
+          f"the split in memory. Pre-tokenize it (python -m "
+          f"mambaswelu_jax.data.pretokenize ...) and set "
+          f"config.data.pretokenized_dir, or set config.data.max_documents.")
 
 
 class Tokenize:
@@ -182,6 +194,48 @@ def pack_dataset(parent, window: int):
   return _PackIterDataset(parent)
 
 
+def guard_dataset(parent, fingerprint: dict):
+  """Adds `fingerprint` to the iterator state; restoring a state made for other
+  data, tokenizer or batch layout raises DataError instead of silently feeding
+  different batches."""
+  grain = _grain()
+
+  class _GuardIterator(grain.DatasetIterator):
+
+    def __next__(self):
+      return next(self._parent)
+
+    def get_state(self) -> dict:
+      return {"fingerprint": fingerprint, "pipeline": self._parent.get_state()}
+
+    def set_state(self, state: dict) -> None:
+      saved = state.get("fingerprint", {})
+      if saved != fingerprint:
+        diff = {k: (saved.get(k), fingerprint.get(k))
+                for k in sorted(set(saved) | set(fingerprint))
+                if saved.get(k) != fingerprint.get(k)}
+        raise DataError(f"the checkpointed data iterator was made for other "
+                        f"data or settings (saved, now): {diff}; resume with "
+                        f"the same data config, seed and process count")
+      self._parent.set_state(state["pipeline"])
+
+  class _GuardIterDataset(grain.IterDataset):
+
+    def __iter__(self):
+      return _GuardIterator(self._parent.__iter__())
+
+  return _GuardIterDataset(parent)
+
+
+def _fingerprint(data: str, tokenizer, seq_len, batch, seed, process_index,
+                 process_count, num_workers) -> dict:
+  return {"data": data,
+          "tokenizer": hashlib.sha256(tokenizer.model_proto).hexdigest()[:16],
+          "seq_len": int(seq_len), "batch": int(batch), "seed": int(seed),
+          "process": f"{process_index}/{process_count}",
+          "num_workers": int(num_workers)}
+
+
 class _ToTrainBatch:
   """(b, seq_len + 1) windows -> the training batch dict."""
 
@@ -241,6 +295,9 @@ def make_train_dataset(data_cfg, tokenizer, global_batch_size: int, *,
         per_worker_buffer_size=int(_cfg(data_cfg, "worker_buffer_size", 16))))
   ds = pack_dataset(ds, seq_len + 1).batch(batch, drop_remainder=True)
   ds = ds.map(_ToTrainBatch(sum(loaded.skipped.values())))
+  ds = guard_dataset(ds, _fingerprint(loaded.digest, tokenizer, seq_len, batch,
+                                      seed, process_index, process_count,
+                                      workers))
   ds.skipped = loaded.skipped
   return ds
 
@@ -259,6 +316,9 @@ def _pretokenized_train_dataset(directory, tokenizer, seq_len, batch, seed,
   ds = ds[process_index::process_count].batch(batch, drop_remainder=True)
   skipped = shards.skipped
   ds = ds.map(_ToTrainBatch(sum(skipped.values()))).to_iter_dataset()
+  data = f"pretokenized:{shards.num_tokens}:{shards.digest}"
+  ds = guard_dataset(ds, _fingerprint(data, tokenizer, seq_len, batch, seed,
+                                      process_index, process_count, 0))
   ds.skipped = skipped
   return ds
 

@@ -196,6 +196,8 @@ class TokenShards:
       raise DataError(f"{directory}: tasks were written with different "
                       f"tokenizers")
     self.index = indexes[0]
+    self.digest = hashlib.sha256(json.dumps(
+        [i["shards"] for i in indexes]).encode()).hexdigest()[:16]
     self.directory = directory
     # Every task reads the whole stream, so each counts every bad record.
     self.skipped = dict(max((i.get("skipped", {}) for i in indexes),

@@ -66,6 +66,13 @@ def split_of(key: str, validation_fraction: float, test_fraction: float) -> str:
   return "train"
 
 
+def _check_fractions(name: str, validation: float, test: float) -> None:
+  if not (0 < validation and 0 <= test and validation + test < 1):
+    raise DataError(f"{name} source: need 0 < validation_fraction "
+                    f"({validation}) and 0 <= test_fraction ({test}) with a sum "
+                    f"below 1 (the trainer evaluates on validation)")
+
+
 def _check_split(split: str) -> None:
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -86,6 +93,11 @@ class Source:
 
   def documents(self, split: str) -> Iterator[dict]:
     raise NotImplementedError
+
+  def estimated_bytes(self, split: str) -> int | None:
+    """A cheap upper estimate of the split's text size, or None if unknown."""
+    del split
+    return None
 
   def _skip(self, split: str, reason: str, n: int = 1) -> None:
     self.skipped[split][reason] += n
@@ -195,6 +207,7 @@ class EmbeddedSource(Source):
     self.test_fraction = test_fraction
 
   def check(self) -> None:
+    _check_fractions(self.name, self.validation_fraction, self.test_fraction)
     if not glob.glob(os.path.join(self.root, "*.py")):
       raise DataError(
           f"embedded source: no Python standard library .py files under "
@@ -309,6 +322,10 @@ class SlimPajamaSource(Source):
             f"{os.path.join(self.root, split, 'chunk*', 'example_*.jsonl.zst')}"
             f" ({split} split). " + SLIMPAJAMA_HELP)
 
+  def estimated_bytes(self, split: str) -> int:
+    # zstd compresses this text about 3-4x; err on the large side.
+    return 4 * sum(os.path.getsize(p) for p in slimpajama_files(self.root, split))
+
   def documents(self, split: str) -> Iterator[dict]:
     self.skipped[split] = collections.Counter()
     for path in slimpajama_files(self.root, split):
@@ -407,12 +424,21 @@ class WikipediaSource(Source):
                       f"{self.dataset_name!r} ({e}). " + WIKIPEDIA_HELP) from e
 
   def check(self) -> None:
+    _check_fractions(self.name, self.validation_fraction, self.test_fraction)
     builder = self._builder()
     if not _tfds_is_prepared(builder):
       raise DataError(
           f"wikipedia source: tfds dataset {self.dataset_name!r} is not "
           f"prepared under data_dir={builder.data_dir!r} "
           f"(try_gcs={self.try_gcs}). " + WIKIPEDIA_HELP)
+
+  def estimated_bytes(self, split: str) -> int | None:
+    try:
+      size = int(self._builder().info.dataset_size)
+    except Exception:  # pylint: disable=broad-except
+      return None
+    held_out = self.validation_fraction + self.test_fraction
+    return size if split == "train" else int(size * held_out) + 1 if size else None
 
   def documents(self, split: str) -> Iterator[dict]:
     _check_split(split)
