@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from jax import lax
 
 IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas")
-DEFAULT_CHUNK_SIZE = 64
+# On a 2-core CPU, 16 was fastest of 8/16/32/64/128 (experiments/bench_scan.py).
+DEFAULT_CHUNK_SIZE = 16
 
 # Filled by kernels/pallas_scan.py when Pallas is importable: a function with the
 # signature of `_scan_xla` below.
