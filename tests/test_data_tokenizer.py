@@ -67,6 +67,19 @@ def test_special_ids_and_reload(small_tokenizer, tmp_path):
   assert copy.deepcopy(tok).encode("x\ty") == tok.encode("x\ty")
 
 
+def test_lossy_model_is_refused(tmp_path):
+  import sentencepiece as spm
+  texts = ["the quick brown fox jumps over the lazy dog"] * 50
+  prefix = str(tmp_path / "lossy")
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(texts),
+                                 model_prefix=prefix, vocab_size=30,
+                                 minloglevel=2)  # NFKC, dummy prefix, no bytes
+  with pytest.raises(DataError, match="losslessly"):
+    tokenizer_lib.load_tokenizer(prefix + ".model")
+  assert tokenizer_lib.load_tokenizer(prefix + ".model",
+                                      require_lossless=False).vocab_size == 30
+
+
 def test_train_tokenizer_is_deterministic(tmp_path):
   texts = ["the quick brown fox jumps over the lazy dog " * 20,
            "pack my box with five dozen liquor jugs\n" * 20] * 5

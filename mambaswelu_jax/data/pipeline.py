@@ -64,7 +64,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Any, Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
@@ -83,7 +83,7 @@ def _cfg(data_cfg, key, default):
 @dataclasses.dataclass
 class LoadedSplit:
   texts: list[str]
-  text_bytes: int
+  text_chars: int
   skipped: dict[str, int]
   digest: str  # of the document ids, in order: names the data a state is for
 

@@ -118,9 +118,27 @@ class Tokenizer:
     _atomic_write(path, self._proto)
 
 
-def load_tokenizer(path: str) -> Tokenizer:
+_PROBE = " two  spaces\ttab\r\nline\x00 \u2581 e\u0301 中文 😀 end "
+
+
+def load_tokenizer(path: str, require_lossless: bool = True) -> Tokenizer:
+  """Loads a SentencePiece .model; by default refuses one that loses text.
+
+  A model trained elsewhere (e.g. with NFKC or a dummy prefix) would make
+  decode(encode(s)) != s and the per-token byte counts (bits per byte) wrong.
+  """
   with open(os.path.expanduser(path), "rb") as f:
-    return Tokenizer(f.read())
+    tokenizer = Tokenizer(f.read())
+  if require_lossless:
+    ids = tokenizer.encode(_PROBE)
+    if (tokenizer.decode(ids) != _PROBE or
+        tokenizer.count_bytes(ids) != len(_PROBE.encode("utf-8"))):
+      from mambaswelu_jax.data.sources import DataError  # pylint: disable=g-import-not-at-top
+      raise DataError(
+          f"tokenizer {path} does not round-trip text losslessly (it needs "
+          f"byte_fallback, identity normalisation, no dummy prefix, whitespace "
+          f"kept); train one with python -m mambaswelu_jax.data.tokenizer")
+  return tokenizer
 
 
 def _atomic_write(path: str, data: bytes) -> None:
