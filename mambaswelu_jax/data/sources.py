@@ -224,6 +224,10 @@ class EmbeddedSource(Source):
       if split_of(key, self.validation_fraction, self.test_fraction) == split:
         yield {"text": text, "text_type": text_type, "id": f"{text_type}:{key}"}
 
+  def estimated_bytes(self, split: str) -> int:
+    return sum(b for (_, s), b in self.describe()["bytes_by_type_split"].items()
+               if s == split)
+
   def describe(self) -> dict:
     """Sizes in UTF-8 bytes: total and per (text_type, split)."""
     docs, _ = _stdlib_documents(self.root)

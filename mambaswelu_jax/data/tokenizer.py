@@ -214,10 +214,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, output_path: str, *,
 
 
 def sample_texts(documents: Iterable[dict], max_bytes: int,
-                 max_doc_chars: int = 100_000) -> Iterator[str]:
-  """Document texts (each capped so no single one dominates) up to max_bytes."""
+                 max_doc_chars: int = 100_000,
+                 keep_fraction: float = 1.0) -> Iterator[str]:
+  """Document texts up to max_bytes: each capped so none dominates, and kept
+  with probability keep_fraction (a stable hash of the id) to spread the sample
+  over a bounded source instead of taking its first files."""
+  from mambaswelu_jax.data.sources import split_of  # pylint: disable=g-import-not-at-top
   used = 0
   for doc in documents:
+    if keep_fraction < 1 and split_of("sample:" + doc["id"], keep_fraction,
+                                      0.0) != "validation":
+      continue
     text = doc["text"][:max_doc_chars]
     yield text
     used += len(text.encode("utf-8"))
@@ -251,9 +258,13 @@ def prepare_tokenizer(data_cfg, workdir: str, source=None) -> str:
     os.replace(path + ".tmp", path)
     return path
   source = source or sources_lib.make_source(data_cfg)
+  budget = data_cfg.get("tokenizer_sample_bytes", 8_000_000)
+  size = source.estimated_bytes("train")
+  # Spread the sample over a source that is at most a few times the budget;
+  # larger ones would be read through for a thin sample, so take their start.
+  keep = min(1.0, 1.25 * budget / size) if size and size < 20 * budget else 1.0
   train_tokenizer(
-      sample_texts(source.documents("train"),
-                   data_cfg.get("tokenizer_sample_bytes", 8_000_000)),
+      sample_texts(source.documents("train"), budget, keep_fraction=keep),
       vocab_size=data_cfg.get("vocab_size", 32000), output_path=path,
       description={"sources": [source.name]})
   return path
