@@ -317,3 +317,17 @@ def test_pretokenize_command_on_slimpajama(small_tokenizer, tmp_path):
       _cfg(seq_len=8, pretokenized_dir=str(tmp_path / "out")),
       small_tokenizer, 2)
   assert next(iter(ds))["skipped_documents"].tolist() == [7, 7]
+
+
+def test_wikipedia_mock_feeds_train_and_eval(small_tokenizer):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  cfg = _cfg(source="wikipedia", wikipedia_config="20230601.en",
+             validation_fraction=0.2, test_fraction=0.1)
+  with tfds.testing.mock_data(num_examples=40):
+    batch = next(iter(pipeline.make_train_dataset(cfg, small_tokenizer, 2)))
+    src = sources.make_source(cfg)
+    ev = list(pipeline.make_eval_batches(src, small_tokenizer, "validation",
+                                         2, 32))
+    text_bytes = sum(len(d["text"].encode()) for d in src.documents("validation"))
+  assert batch["inputs"].shape == (2, 32)
+  assert sum(int(b["target_bytes"].sum()) for b in ev) == text_bytes
