@@ -295,6 +295,17 @@ def test_pretokenize_in_parallel_tasks(source, small_tokenizer, tmp_path):
           for d in source.documents("train")]
   want = np.concatenate([np.concatenate(docs[i::3]) for i in range(3)])
   np.testing.assert_array_equal(shards.read(0, shards.num_tokens), want)
+  from mambaswelu_jax.data.testing import write_slimpajama
+  write_slimpajama(str(tmp_path / "sp"))
+  sp = sources.make_source({"source": "slimpajama",
+                            "data_dir": str(tmp_path / "sp")})
+  for i in range(2):
+    pretokenize.pretokenize_split(sp, tok, "train", str(tmp_path / "sp_tok"),
+                                  task_index=i, num_tasks=2)
+  both = pretokenize.TokenShards(str(tmp_path / "sp_tok" / "train"))
+  assert sum(both.skipped.values()) == 7  # each bad record counted once
+  assert sorted(tok.decode(both.read(0, both.num_tokens))) == sorted(
+      "".join(d["text"] for d in sp.documents("train")))
   os.rename(tmp_path / "train" / "task_00002-of-00003", tmp_path / "gone")
   with pytest.raises(DataError, match="missing"):
     pretokenize.TokenShards(str(tmp_path / "train"))

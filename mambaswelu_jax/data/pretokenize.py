@@ -14,7 +14,8 @@ run resumes at the first unfinished shard: it skips the documents already
 written (reading, not tokenizing them) and rewrites the unfinished shard.
 
 Big splits: run `--num_tasks=N --task_index=i` for i in 0..N-1 in parallel; task i
-tokenizes documents i, i+N, ... into `<split>/task_<i>-of-<N>/` (same layout);
+reads only its part of the source (SlimPajama: files i, i+N, ...; Wikipedia: the
+i-th of N contiguous tfds parts) into `<split>/task_<i>-of-<N>/` (same layout);
 readers join the tasks in order. Each task resumes on its own.
 
   python -m mambaswelu_jax.data.pretokenize --source=slimpajama \\
@@ -78,9 +79,10 @@ def pretokenize_split(source, tokenizer, split: str, output_dir: str, *,
                       task_index: int = 0, num_tasks: int = 1) -> dict:
   """Writes (or resumes writing) one split's shards; returns its index.
 
-  With num_tasks > 1, this call handles documents i with i % num_tasks ==
-  task_index into `<split>/task_<i>-of-<n>/`; run the tasks in parallel (one
-  process or machine each); readers join them in task order.
+  With num_tasks > 1, this call handles the source's part task_index of
+  num_tasks (whole files for SlimPajama, contiguous tfds parts for Wikipedia)
+  into `<split>/task_<i>-of-<n>/`; run the tasks in parallel (one process or
+  machine each); readers join them in task order.
   """
   if not 0 <= task_index < num_tasks:
     raise ValueError(f"task_index {task_index} not in [0, {num_tasks})")
@@ -128,8 +130,7 @@ def pretokenize_split(source, tokenizer, split: str, output_dir: str, *,
     _write_index(directory, index)
     shard = None
 
-  stream = (d for i, d in enumerate(source.documents(split))
-            if i % num_tasks == task_index)
+  stream = source.documents(split, shard_index=task_index, num_shards=num_tasks)
   for _ in range(done_docs):  # resume: these are in finished shards
     next(stream)
   total = done_tokens
@@ -199,9 +200,10 @@ class TokenShards:
     self.digest = hashlib.sha256(json.dumps(
         [i["shards"] for i in indexes]).encode()).hexdigest()[:16]
     self.directory = directory
-    # Every task reads the whole stream, so each counts every bad record.
-    self.skipped = dict(max((i.get("skipped", {}) for i in indexes),
-                            key=lambda s: sum(s.values())))
+    self.skipped = {}  # tasks read disjoint parts: their counts add up
+    for i in indexes:
+      for reason, n in i.get("skipped", {}).items():
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
     self._arrays = [np.memmap(os.path.join(d, s["file"]), dtype=i["dtype"],
                               mode="r")
                     for d, i in zip(dirs, indexes)

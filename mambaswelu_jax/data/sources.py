@@ -12,7 +12,8 @@ Public names:
   make_source(data_cfg)  builds the source named by `data_cfg.source` and runs its
                          cheap `check()`; returns a `Source`.
   InMemorySource(docs_by_split, text_types)   documents held in a dict.
-  Source                 `.name`, `.text_types` (stable order), `.documents(split)`,
+  Source                 `.name`, `.text_types` (stable order),
+                         `.documents(split, shard_index=0, num_shards=1)`,
                          `.check()`, `.skipped` (Counter of reasons -> count for the
                          most recent complete or partial pass, keyed by split).
   split_of(key, validation_fraction, test_fraction)
@@ -91,7 +92,10 @@ class Source:
   def check(self) -> None:
     """Raises DataError when the data is missing; cheap (no full read)."""
 
-  def documents(self, split: str) -> Iterator[dict]:
+  def documents(self, split: str, shard_index: int = 0, num_shards: int = 1
+                ) -> Iterator[dict]:
+    """The split's documents in a fixed order; with num_shards > 1, the
+    shard_index-th of num_shards disjoint parts (for parallel readers)."""
     raise NotImplementedError
 
   def estimated_bytes(self, split: str) -> int | None:
@@ -113,9 +117,10 @@ class InMemorySource(Source):
     self.text_types = list(text_types)
     self._docs = {s: list(docs_by_split.get(s, ())) for s in SPLITS}
 
-  def documents(self, split: str) -> Iterator[dict]:
+  def documents(self, split: str, shard_index: int = 0, num_shards: int = 1
+                ) -> Iterator[dict]:
     _check_split(split)
-    for doc in self._docs[split]:
+    for doc in self._docs[split][shard_index::num_shards]:
       yield dict(doc)
 
 
@@ -216,12 +221,17 @@ class EmbeddedSource(Source):
           f"(e.g. the python3.X-dev / python3-full package) or use another "
           f"data.source.")
 
-  def documents(self, split: str) -> Iterator[dict]:
+  def documents(self, split: str, shard_index: int = 0, num_shards: int = 1
+                ) -> Iterator[dict]:
     _check_split(split)
     docs, skipped = _stdlib_documents(self.root)
-    self.skipped[split] = collections.Counter(skipped)
-    for key, text_type, text in docs:
-      if split_of(key, self.validation_fraction, self.test_fraction) == split:
+    self.skipped[split] = collections.Counter(
+        skipped if shard_index == 0 else {})  # count file errors once
+    mine = (d for d in docs
+            if split_of(d[0], self.validation_fraction,
+                        self.test_fraction) == split)
+    for i, (key, text_type, text) in enumerate(mine):
+      if i % num_shards == shard_index:
         yield {"text": text, "text_type": text_type, "id": f"{text_type}:{key}"}
 
   def estimated_bytes(self, split: str) -> int:
@@ -330,9 +340,11 @@ class SlimPajamaSource(Source):
     # zstd compresses this text about 3-4x; err on the large side.
     return 4 * sum(os.path.getsize(p) for p in slimpajama_files(self.root, split))
 
-  def documents(self, split: str) -> Iterator[dict]:
+  def documents(self, split: str, shard_index: int = 0, num_shards: int = 1
+                ) -> Iterator[dict]:
     self.skipped[split] = collections.Counter()
-    for path in slimpajama_files(self.root, split):
+    # Parallel readers take whole files: each decompresses only its own.
+    for path in slimpajama_files(self.root, split)[shard_index::num_shards]:
       rel = os.path.relpath(path, self.root).replace(os.sep, "/")
       yield from self._read_file(path, rel, split)
 
@@ -444,11 +456,15 @@ class WikipediaSource(Source):
     held_out = self.validation_fraction + self.test_fraction
     return size if split == "train" else int(size * held_out) + 1 if size else None
 
-  def documents(self, split: str) -> Iterator[dict]:
+  def documents(self, split: str, shard_index: int = 0, num_shards: int = 1
+                ) -> Iterator[dict]:
     _check_split(split)
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     self.skipped[split] = collections.Counter()
-    ds = self._builder().as_dataset(split="train", shuffle_files=False)
+    part = "train"
+    if num_shards > 1:  # parallel readers take contiguous parts of the files
+      part = tfds.even_splits("train", n=num_shards)[shard_index]
+    ds = self._builder().as_dataset(split=part, shuffle_files=False)
     for example in tfds.as_numpy(ds):
       title = _as_text(example.get("title"))
       text = _as_text(example.get("text"))
