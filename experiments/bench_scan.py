@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels import selective_scan
-from kernels.scan import _discretize
+from kernels.scan import DEFAULT_CHUNK_SIZE, _discretize
 
 
 def associative_scan(u, delta, A, B, C, D, z, delta_bias):
@@ -75,7 +75,7 @@ def main():
                  help="BxLxDxN,... (the second default is the study's 1024 length and "
                       "half its 2048 channels, to fit this machine)")
   p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--chunk", type=int, default=64)
+  p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK_SIZE)
   p.add_argument("--impls", default="naive,associative,xla")
   args = p.parse_args()
   names = {"naive": "reference", "associative": "associative", "xla": "xla"}

@@ -30,8 +30,7 @@ IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas")
 # On a 2-core CPU, 16 was fastest of 8/16/32/64/128 (experiments/bench_scan.py).
 DEFAULT_CHUNK_SIZE = 16
 
-# Filled by kernels/pallas_scan.py when Pallas is importable: a function with the
-# signature of `_scan_xla` below.
+# Set by kernels/__init__.py when Pallas imports: pallas_scan.pallas_selective_scan.
 _PALLAS_SCAN: Optional[Callable] = None
 
 
@@ -271,13 +270,13 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
   impl = _resolve_impl(impl)
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"selective_scan: chunk_size={chunk_size!r}, needs a positive int.")
-  if impl == "reference":
-    ssm = _ssm_reference
-  elif impl == "xla":
-    ssm = functools.partial(_ssm_xla, chunk_size=chunk_size)
+  if impl == "pallas":  # fuses discretisation, D skip and gate itself
+    y, h_last = _PALLAS_SCAN(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                             chunk_size)
   else:
-    ssm = functools.partial(_PALLAS_SCAN, chunk_size=chunk_size)
-  y, h_last = _scan_with(ssm, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    ssm = (_ssm_reference if impl == "reference"
+           else functools.partial(_ssm_xla, chunk_size=chunk_size))
+    y, h_last = _scan_with(ssm, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
   return (y, h_last) if return_last_state else y
 
 

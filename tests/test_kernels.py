@@ -109,14 +109,18 @@ def test_reference_matches_independent_numpy_loop():
 
 
 # Every shape with two option sets, every option set with several shapes.
-CASES = [(shape, OPTIONS[(i + j) % len(OPTIONS)])
+def _case_id(shape, options):
+  flags = "".join(name for name, on in zip(("D", "z", "bias", "softplus"), options) if on)
+  return "x".join(map(str, shape)) + "-" + (flags or "plain")
+
+
+CASES = [pytest.param(shape, OPTIONS[(i + j) % len(OPTIONS)],
+                      id=_case_id(shape, OPTIONS[(i + j) % len(OPTIONS)]))
          for i, shape in enumerate(SHAPES) for j in (0, 2)]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("shape, options", CASES, ids=lambda c: "x".join(map(str, c))
-                         if len(c) == 4 and isinstance(c[0], int)
-                         else "".join("01"[v] for v in c))
+@pytest.mark.parametrize("shape, options", CASES)
 def test_float32_outputs_and_gradients_match_float64_reference(impl, shape, options):
   D, z, bias, sp = options
   rng = np.random.default_rng(abs(hash((shape, options))) % 2**32)

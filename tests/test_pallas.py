@@ -1,0 +1,71 @@
+"""The Pallas kernels in interpret mode: several channel blocks, and invariant 2 (grid
+programs are independent: running them in the opposite order changes no bit)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels.pallas_scan import pallas_selective_scan
+from tests.test_kernels import NAMES, close, make_inputs, run
+
+
+def value_and_grads(inputs, **kw):
+  names = [k for k in NAMES if inputs[k] is not None]
+
+  def loss(*xs):
+    args = dict(zip(names, xs))
+    y, h = pallas_selective_scan(
+        args.pop("u"), args.pop("delta"), args.pop("A"), args.pop("B"), args.pop("C"),
+        **args, delta_softplus=True, chunk_size=8, **kw)
+    w = jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape)
+    return jnp.sum(y * w) + jnp.sum(jnp.sin(h)), (y, h)
+
+  (_, (y, h)), g = jax.value_and_grad(loss, argnums=tuple(range(len(names))),
+                                      has_aux=True)(*[jnp.asarray(inputs[k]) for k in names])
+  return y, h, dict(zip(names, g))
+
+
+@pytest.mark.parametrize("block_d", [4, 8])
+def test_several_channel_blocks_with_a_masked_tail_match_the_reference(block_d):
+  x = make_inputs(np.random.default_rng(11), 2, 21, 13, 5)  # 13 channels, 5 states
+  y, h, g = value_and_grads(x, block_d=block_d)
+  with jax.enable_x64(True):
+    x64 = {k: v.astype(np.float64) for k, v in x.items()}
+    names = list(x64)
+
+    def loss(*xs):
+      a = dict(zip(names, xs))
+      from kernels import selective_scan
+      y, h = selective_scan(a.pop("u"), a.pop("delta"), a.pop("A"), a.pop("B"),
+                            a.pop("C"), **a, delta_softplus=True, impl="reference",
+                            return_last_state=True)
+      w = jnp.cos(jnp.arange(y.size, dtype=jnp.float64)).reshape(y.shape)
+      return jnp.sum(y * w) + jnp.sum(jnp.sin(h)), (y, h)
+
+    (_, (y_ref, h_ref)), g_ref = jax.value_and_grad(
+        loss, argnums=tuple(range(len(names))), has_aux=True)(
+            *[jnp.asarray(x64[k]) for k in names])
+  close(y, y_ref, 1e-4, "y")
+  close(h, h_ref, 1e-4, "last state")
+  for i, name in enumerate(names):
+    close(g[name], g_ref[i], 1e-4, f"d/d{name}")
+
+
+def test_result_does_not_depend_on_the_order_programs_run_in():
+  x = make_inputs(np.random.default_rng(12), 3, 19, 12, 4)
+  forward = value_and_grads(x, block_d=4)               # 3 x 3 programs
+  backward = value_and_grads(x, block_d=4, reverse_programs=True)
+  np.testing.assert_array_equal(forward[0], backward[0])
+  np.testing.assert_array_equal(forward[1], backward[1])
+  for name in forward[2]:
+    np.testing.assert_array_equal(forward[2][name], backward[2][name], err_msg=name)
+
+
+def test_float64_inputs_compute_in_float64():
+  with jax.enable_x64(True):
+    x = make_inputs(np.random.default_rng(13), 1, 9, 6, 3, dtype=np.float64)
+    y, h, _ = run("pallas", x, True)
+    y_ref, h_ref, _ = run("reference", x, True)
+    assert y.dtype == jnp.float64 and h.dtype == jnp.float64
+    close(y, y_ref, 1e-12, "y")
