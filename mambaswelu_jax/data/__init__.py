@@ -6,6 +6,8 @@
   pipeline     make_train_dataset (resumable grain training batches),
                make_eval_batches (deterministic eval batches with byte counts)
   pretokenize  the CLI writing token shards; TokenShards / TokenWindows readers
+  testing      write_slimpajama: a small SlimPajama-layout directory with broken
+               records, for tests of code that reads data
 
 TensorFlow / tfds are imported only inside the wikipedia source.
 """

@@ -66,6 +66,7 @@ import hashlib
 import os
 from typing import Iterator
 
+import grain
 import numpy as np
 
 from mambaswelu_jax.data import sources as sources_lib
@@ -132,99 +133,107 @@ class Tokenize:
 
 
 # --------------------------------------------------------------------------
-# Packing.
+# Packing and the state guard.
 
 
-def _grain():
-  import grain  # pylint: disable=g-import-not-at-top
-  return grain
-
-
-def pack_dataset(parent, window: int):
+class PackIterDataset(grain.IterDataset):
   """Concatenates 1-D token arrays and cuts windows of `window` tokens.
 
   No token is lost or repeated: the windows, joined, are exactly the parent's
   stream (the final partial window of a finite stream is dropped).
   """
-  grain = _grain()
 
-  class _PackIterator(grain.DatasetIterator):
-    """State: the parent's state before the current document + offset in it."""
+  def __init__(self, parent, window: int):
+    super().__init__(parent)
+    self.window = window
 
-    def __init__(self, parent_it):
-      super().__init__(parent_it)
-      self._doc = None
-      self._doc_state = None
-      self._offset = 0
-
-    def _next_doc(self):
-      self._doc_state = self._parent.get_state()
-      self._doc = next(self._parent)
-      self._offset = 0
-
-    def __next__(self) -> np.ndarray:
-      out = np.empty(window, np.int32)
-      filled = 0
-      while filled < window:
-        if self._doc is None or self._offset >= len(self._doc):
-          self._next_doc()
-        n = min(window - filled, len(self._doc) - self._offset)
-        out[filled:filled + n] = self._doc[self._offset:self._offset + n]
-        filled += n
-        self._offset += n
-      return out
-
-    def get_state(self) -> dict:
-      if self._doc is None:
-        return {"parent": self._parent.get_state(), "offset": -1}
-      return {"parent": self._doc_state, "offset": self._offset}
-
-    def set_state(self, state: dict) -> None:
-      self._parent.set_state(state["parent"])
-      self._doc, self._doc_state, self._offset = None, None, 0
-      if state["offset"] >= 0:
-        self._next_doc()  # re-reads (and re-tokenizes) the current document
-        self._offset = state["offset"]
-
-  class _PackIterDataset(grain.IterDataset):
-
-    def __iter__(self):
-      return _PackIterator(self._parent.__iter__())
-
-  return _PackIterDataset(parent)
+  def __iter__(self):
+    return _PackIterator(self._parent.__iter__(), self.window)
 
 
-def guard_dataset(parent, fingerprint: dict):
+class _PackIterator(grain.DatasetIterator):
+  """State: the parent's state before the current document + offset in it."""
+
+  def __init__(self, parent_it, window: int):
+    super().__init__(parent_it)
+    self._window = window
+    self._doc = None
+    self._doc_state = None
+    self._offset = 0
+
+  def _next_doc(self):
+    self._doc_state = self._parent.get_state()
+    self._doc = next(self._parent)
+    self._offset = 0
+
+  def __next__(self) -> np.ndarray:
+    out = np.empty(self._window, np.int32)
+    filled = 0
+    while filled < self._window:
+      if self._doc is None or self._offset >= len(self._doc):
+        self._next_doc()
+      n = min(self._window - filled, len(self._doc) - self._offset)
+      out[filled:filled + n] = self._doc[self._offset:self._offset + n]
+      filled += n
+      self._offset += n
+    return out
+
+  def get_state(self) -> dict:
+    if self._doc is None:
+      return {"parent": self._parent.get_state(), "offset": -1}
+    return {"parent": self._doc_state, "offset": self._offset}
+
+  def set_state(self, state: dict) -> None:
+    self._parent.set_state(state["parent"])
+    self._doc, self._doc_state, self._offset = None, None, 0
+    if state["offset"] >= 0:
+      self._next_doc()  # re-reads (and re-tokenizes) the current document
+      self._offset = state["offset"]
+
+
+def pack_dataset(parent, window: int) -> PackIterDataset:
+  return PackIterDataset(parent, window)
+
+
+class GuardIterDataset(grain.IterDataset):
   """Adds `fingerprint` to the iterator state; restoring a state made for other
   data, tokenizer or batch layout raises DataError instead of silently feeding
   different batches."""
-  grain = _grain()
 
-  class _GuardIterator(grain.DatasetIterator):
+  def __init__(self, parent, fingerprint: dict):
+    super().__init__(parent)
+    self.fingerprint = fingerprint
 
-    def __next__(self):
-      return next(self._parent)
+  def __iter__(self):
+    return _GuardIterator(self._parent.__iter__(), self.fingerprint)
 
-    def get_state(self) -> dict:
-      return {"fingerprint": fingerprint, "pipeline": self._parent.get_state()}
 
-    def set_state(self, state: dict) -> None:
-      saved = state.get("fingerprint", {})
-      if saved != fingerprint:
-        diff = {k: (saved.get(k), fingerprint.get(k))
-                for k in sorted(set(saved) | set(fingerprint))
-                if saved.get(k) != fingerprint.get(k)}
-        raise DataError(f"the checkpointed data iterator was made for other "
-                        f"data or settings (saved, now): {diff}; resume with "
-                        f"the same data config, seed and process count")
-      self._parent.set_state(state["pipeline"])
+class _GuardIterator(grain.DatasetIterator):
 
-  class _GuardIterDataset(grain.IterDataset):
+  def __init__(self, parent_it, fingerprint: dict):
+    super().__init__(parent_it)
+    self._fingerprint = fingerprint
 
-    def __iter__(self):
-      return _GuardIterator(self._parent.__iter__())
+  def __next__(self):
+    return next(self._parent)
 
-  return _GuardIterDataset(parent)
+  def get_state(self) -> dict:
+    return {"fingerprint": self._fingerprint,
+            "pipeline": self._parent.get_state()}
+
+  def set_state(self, state: dict) -> None:
+    saved, now = state.get("fingerprint", {}), self._fingerprint
+    if saved != now:
+      diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
+              if saved.get(k) != now.get(k)}
+      raise DataError(f"the checkpointed data iterator was made for other data "
+                      f"or settings (saved, now): {diff}; resume with the same "
+                      f"data config, seed and process count")
+    self._parent.set_state(state["pipeline"])
+
+
+def guard_dataset(parent, fingerprint: dict) -> GuardIterDataset:
+  return GuardIterDataset(parent, fingerprint)
 
 
 def _fingerprint(data: str, tokenizer, seq_len, batch, seed, process_index,
@@ -280,7 +289,6 @@ def make_train_dataset(data_cfg, tokenizer, global_batch_size: int, *,
     return _pretokenized_train_dataset(
         pretokenized, tokenizer, seq_len, batch, seed, process_index,
         process_count)
-  grain = _grain()
   source = source or sources_lib.make_source(data_cfg)
   loaded = load_split(source, "train", int(_cfg(data_cfg, "max_documents", 0)),
                       int(_cfg(data_cfg, "max_text_bytes", 8 << 30)))
@@ -305,7 +313,6 @@ def make_train_dataset(data_cfg, tokenizer, global_batch_size: int, *,
 def _pretokenized_train_dataset(directory, tokenizer, seq_len, batch, seed,
                                 process_index, process_count):
   from mambaswelu_jax.data import pretokenize  # pylint: disable=g-import-not-at-top
-  grain = _grain()
   shards = pretokenize.TokenShards(os.path.join(directory, "train"))
   shards.check_tokenizer(tokenizer)
   windows = pretokenize.TokenWindows(shards, seq_len + 1)

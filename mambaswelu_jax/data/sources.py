@@ -14,8 +14,10 @@ Public names:
   InMemorySource(docs_by_split, text_types)   documents held in a dict.
   Source                 `.name`, `.text_types` (stable order),
                          `.documents(split, shard_index=0, num_shards=1)`,
-                         `.check()`, `.skipped` (Counter of reasons -> count for the
-                         most recent complete or partial pass, keyed by split).
+                         `.check()`, `.estimated_bytes(split)` (cheap, or None),
+                         `.skipped[split]` (Counter: reason -> count, for the
+                         most recent pass over that split, complete or partial).
+  EmbeddedSource.describe()  corpus sizes per text type and split.
   split_of(key, validation_fraction, test_fraction)
                          the stable hash split used by `embedded` and `wikipedia`.
 
