@@ -9,6 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mambaswelu_jax.data import pipeline, pretokenize, sources
+from mambaswelu_jax.data import tokenizer as tokenizer_lib
 from mambaswelu_jax.data.sources import DataError
 
 TYPES = ["prose", "code"]
@@ -276,7 +277,6 @@ def test_pretokenize_resumes_and_feeds_training(source, small_tokenizer,
 
 def test_pretokenized_with_another_tokenizer_is_refused(source, small_tokenizer,
                                                          tmp_path):
-  from mambaswelu_jax.data import tokenizer as tokenizer_lib
   pretokenize.pretokenize_split(source, small_tokenizer, "train", str(tmp_path))
   other = tokenizer_lib.train_tokenizer(
       [d["text"] for d in source.documents("train")] * 3, 290,
@@ -328,6 +328,14 @@ def test_pretokenize_command_on_slimpajama(small_tokenizer, tmp_path):
       _cfg(seq_len=8, pretokenized_dir=str(tmp_path / "out")),
       small_tokenizer, 2)
   assert next(iter(ds))["skipped_documents"].tolist() == [7, 7]
+  # Training from shards needs only the raw validation split (for eval).
+  import shutil
+  shutil.rmtree(tmp_path / "sp" / "train")
+  cfg = _cfg(source="slimpajama", data_dir=str(tmp_path / "sp"),
+             pretokenized_dir=str(tmp_path / "out"))
+  assert sources.make_source(cfg).name == "slimpajama"
+  with pytest.raises(DataError, match="tokenizer_path"):
+    tokenizer_lib.prepare_tokenizer(cfg, str(tmp_path / "run"))
 
 
 def test_wikipedia_mock_feeds_train_and_eval(small_tokenizer):

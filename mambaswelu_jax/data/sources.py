@@ -323,15 +323,16 @@ class SlimPajamaSource(Source):
   name = "slimpajama"
   text_types = list(SLIMPAJAMA_SETS)
 
-  def __init__(self, data_dir: str):
+  def __init__(self, data_dir: str, need_train: bool = True):
     super().__init__()
     self.root = os.path.expanduser(data_dir or "")
+    self.need_train = need_train  # False when training reads token shards
 
   def check(self) -> None:
     if not self.root:
       raise DataError("slimpajama source: config.data.data_dir is empty. "
                       + SLIMPAJAMA_HELP)
-    for split in ("train", "validation"):
+    for split in ("train", "validation") if self.need_train else ("validation",):
       if not slimpajama_files(self.root, split):
         raise DataError(
             f"slimpajama source: no files matching "
@@ -522,7 +523,9 @@ def make_source(data_cfg) -> Source:
         validation_fraction=0.02 if val is None else val,
         test_fraction=0.02 if test is None else test)
   elif name == "slimpajama":
-    source = SlimPajamaSource(_cfg(data_cfg, "data_dir", ""))
+    source = SlimPajamaSource(
+        _cfg(data_cfg, "data_dir", ""),
+        need_train=not _cfg(data_cfg, "pretokenized_dir", ""))
   elif name == "wikipedia":
     source = WikipediaSource(
         config=_cfg(data_cfg, "wikipedia_config", "20230601.en"),

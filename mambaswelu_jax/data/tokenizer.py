@@ -257,6 +257,10 @@ def prepare_tokenizer(data_cfg, workdir: str, source=None) -> str:
     shutil.copyfile(given, path + ".tmp")
     os.replace(path + ".tmp", path)
     return path
+  if data_cfg.get("pretokenized_dir", ""):
+    raise sources_lib.DataError(
+        "config.data.pretokenized_dir is set but config.data.tokenizer_path is "
+        "empty: set it to the tokenizer the shards were written with")
   source = source or sources_lib.make_source(data_cfg)
   budget = data_cfg.get("tokenizer_sample_bytes", 8_000_000)
   size = source.estimated_bytes("train")
