@@ -90,6 +90,8 @@ def _tile(st, j):
 
 
 def _load(ref, idx, mask, dtype):
+  if mask is None:
+    return pltriton.load(ref.at[idx]).astype(dtype)
   return pltriton.load(ref.at[idx], mask=mask, other=0).astype(dtype)
 
 
