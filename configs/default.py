@@ -51,13 +51,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.try_gcs = False          # wikipedia: read the prepared tfds copy from GCS
   config.data.validation_fraction = 0.02  # embedded / wikipedia: held out by a hash of the id
   config.data.test_fraction = 0.02
+  config.data.text_types = ""          # "" all; "docstring" / "a,b": keep only these types (every split)
   # Tokenizer: one per study; a run copies it into workdir/tokenizer.model.
   config.data.tokenizer_path = ""      # "" -> train one on the source's train split
   config.data.vocab_size = config.model.get_ref("vocab_size")  # size when training one
   config.data.tokenizer_sample_bytes = 8_000_000  # text sampled to train one (~seconds)
   # Training input pipeline (grain).
   config.data.num_workers = 0          # tokenizing worker processes; 0 = in-process
-  config.data.worker_buffer_size = 16  # tokenized documents queued per worker
+  config.data.worker_buffer_size = 16  # tokenized chunks queued per worker
+  config.data.tokenize_chunk_docs = 8  # documents per worker task (fewer queue hops; same batches)
   config.data.pretokenized_dir = ""    # shards from `python -m mambaswelu_jax.data.pretokenize`
   config.data.max_documents = 0        # on-the-fly: cap on train documents held in memory (0: all)
   config.data.max_text_bytes = 8 << 30  # on-the-fly: refuse larger splits (pre-tokenize them)

@@ -10,7 +10,12 @@ Public names:
                          before any model compiles.
   SPLITS                 ("train", "validation", "test").
   make_source(data_cfg)  builds the source named by `data_cfg.source` and runs its
-                         cheap `check()`; returns a `Source`.
+                         cheap `check()`; returns a `Source`. A non-empty
+                         `data_cfg.text_types` ("docstring" or "docstring,code")
+                         keeps only documents of those types, in every split:
+                         one corpus gives "a mixture of types" (empty, the
+                         default) and "a single type" datasets.
+  TypeFilteredSource(source, types)  that restriction around any source.
   InMemorySource(docs_by_split, text_types)   documents held in a dict.
   Source                 `.name`, `.text_types` (stable order),
                          `.documents(split, shard_index=0, num_shards=1)`,
@@ -512,6 +517,42 @@ def _tfds_is_prepared(builder) -> bool:
 # --------------------------------------------------------------------------
 
 
+class TypeFilteredSource(Source):
+  """The documents of `source` whose text_type is in `types` (all splits).
+
+  `text_types` keeps the inner source's order, so type indices stay stable
+  across runs restricted to different subsets only where the subsets agree;
+  tools key per-type results by name, never by index.
+  """
+
+  def __init__(self, source: Source, types: list[str]):
+    super().__init__()
+    unknown = [t for t in types if t not in source.text_types]
+    if unknown or not types:
+      raise DataError(f"data.text_types={','.join(types)!r}: {source.name} has "
+                      f"text types {source.text_types}; unknown: {unknown}")
+    self.inner = source
+    self.text_types = [t for t in source.text_types if t in types]
+    self.name = f"{source.name}[{'+'.join(self.text_types)}]"
+    self.skipped = source.skipped  # the inner reader counts bad records
+
+  def check(self) -> None:
+    self.inner.check()
+
+  def documents(self, split: str, shard_index: int = 0, num_shards: int = 1
+                ) -> Iterator[dict]:
+    keep = set(self.text_types)
+    for doc in self.inner.documents(split, shard_index, num_shards):
+      if doc["text_type"] in keep:
+        yield doc
+
+  def estimated_bytes(self, split: str) -> int | None:
+    if isinstance(self.inner, EmbeddedSource):
+      return sum(b for (t, s), b in self.inner.describe()["bytes_by_type_split"].items()
+                 if s == split and t in self.text_types)
+    return self.inner.estimated_bytes(split)  # an upper estimate
+
+
 def make_source(data_cfg) -> Source:
   """Builds `data_cfg.source` and checks it (raises DataError when missing)."""
   name = _cfg(data_cfg, "source", "embedded")
@@ -537,4 +578,9 @@ def make_source(data_cfg) -> Source:
     raise DataError(f"unknown data.source {name!r}; "
                     f"expected embedded, slimpajama or wikipedia")
   source.check()
+  types = _cfg(data_cfg, "text_types", "") or ""
+  if isinstance(types, str):
+    types = [t.strip() for t in types.split(",") if t.strip()]
+  if types:
+    source = TypeFilteredSource(source, list(types))
   return source
