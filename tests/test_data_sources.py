@@ -65,6 +65,17 @@ def test_embedded_missing_stdlib_is_a_data_error(tmp_path):
     sources.make_source({"source": "embedded", "embedded_root": str(tmp_path)})
 
 
+def test_text_types_filter():
+  source = sources.make_source({"source": "embedded", "text_types": "docstring"})
+  assert source.text_types == ["docstring"]
+  for split in sources.SPLITS:
+    docs = list(source.documents(split))
+    assert docs and all(d["text_type"] == "docstring" for d in docs)
+  assert 1_000_000 < source.estimated_bytes("train") < 3_000_000
+  with pytest.raises(DataError, match="unknown"):
+    sources.make_source({"source": "embedded", "text_types": "docstring,poetry"})
+
+
 def test_unknown_source():
   with pytest.raises(DataError, match="unknown data.source"):
     sources.make_source({"source": "c4"})
