@@ -149,3 +149,11 @@ def test_wikipedia_not_prepared_is_a_data_error(tmp_path):
   with pytest.raises(DataError, match="tfds build wikipedia"):
     sources.make_source({"source": "wikipedia", "data_dir": str(tmp_path),
                          "wikipedia_config": "20230601.en"})
+
+
+def test_check_command(tmp_path, capsys):
+  write_slimpajama(str(tmp_path))
+  sources.main(["--source=slimpajama", f"--data_dir={tmp_path}",
+                "--splits=train,validation"])
+  out = capsys.readouterr().out
+  assert "RedPajamaBook" in out and "truncated_zst_file" in out
