@@ -157,3 +157,41 @@ def test_check_command(tmp_path, capsys):
                 "--splits=train,validation"])
   out = capsys.readouterr().out
   assert "RedPajamaBook" in out and "truncated_zst_file" in out
+
+
+class _FakeStream:
+  """Stands in for a streaming Hugging Face dataset (no network in tests)."""
+
+  def __init__(self, records):
+    self.records = records
+
+  def shard(self, num_shards, index):
+    return _FakeStream(self.records[index::num_shards])
+
+  def __iter__(self):
+    return iter(self.records)
+
+
+def test_slimpajama_hf_streaming_option(monkeypatch):
+  import types
+  records = [{"text": f"doc {i}", "meta": {"redpajama_set_name": "RedPajamaC4"}}
+             for i in range(6)] + [{"text": "", "meta": {}}]
+  calls = []
+
+  def load_dataset(repo, split, streaming):
+    calls.append((repo, split, streaming))
+    return _FakeStream(records)
+
+  monkeypatch.setitem(sys.modules, "datasets",
+                      types.SimpleNamespace(load_dataset=load_dataset))
+  source = sources.make_source({"source": "slimpajama",
+                                "data_dir": "hf://cerebras/SlimPajama-627B"})
+  docs = list(source.documents("validation"))
+  assert [d["text"] for d in docs] == [f"doc {i}" for i in range(6)]
+  assert calls == [("cerebras/SlimPajama-627B", "validation", True)]
+  assert source.skipped["validation"]["empty_or_missing_text"] == 1
+  half = [d["text"] for d in source.documents("train", 1, 2)]
+  assert half == ["doc 1", "doc 3", "doc 5"]
+  monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
+  with pytest.raises(DataError, match="pip install datasets"):
+    sources.make_source({"source": "slimpajama", "data_dir": "hf://x/y"})

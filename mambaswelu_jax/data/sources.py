@@ -323,17 +323,32 @@ def zstd_lines(path: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
 
 
 class SlimPajamaSource(Source):
-  """Reads `{split}/chunk*/example_*.jsonl.zst`; text_type = redpajama_set_name."""
+  """Reads `{split}/chunk*/example_*.jsonl.zst`; text_type = redpajama_set_name.
+
+  `data_dir="hf://cerebras/SlimPajama-627B"` streams the dataset through Hugging
+  Face `datasets` instead (when installed; no local copy, same records).
+  """
 
   name = "slimpajama"
   text_types = list(SLIMPAJAMA_SETS)
 
   def __init__(self, data_dir: str, need_train: bool = True):
     super().__init__()
-    self.root = os.path.expanduser(data_dir or "")
+    data_dir = data_dir or ""
+    self.hf_repo = data_dir[len("hf://"):] if data_dir.startswith("hf://") else ""
+    self.root = "" if self.hf_repo else os.path.expanduser(data_dir)
     self.need_train = need_train  # False when training reads token shards
 
   def check(self) -> None:
+    if self.hf_repo:
+      try:
+        import datasets  # pylint: disable=g-import-not-at-top,unused-import
+      except ImportError as e:
+        raise DataError(f"slimpajama source: data_dir=hf://{self.hf_repo} "
+                        f"streams through Hugging Face datasets; pip install "
+                        f"datasets, or use a local copy. " + SLIMPAJAMA_HELP
+                        ) from e
+      return
     if not self.root:
       raise DataError("slimpajama source: config.data.data_dir is empty. "
                       + SLIMPAJAMA_HELP)
@@ -344,13 +359,20 @@ class SlimPajamaSource(Source):
             f"{os.path.join(self.root, split, 'chunk*', 'example_*.jsonl.zst')}"
             f" ({split} split). " + SLIMPAJAMA_HELP)
 
-  def estimated_bytes(self, split: str) -> int:
+  def estimated_bytes(self, split: str) -> int | None:
+    if self.hf_repo:  # the published sizes: ~2.5 TB of train text, ~2 GB held out
+      if self.hf_repo != "cerebras/SlimPajama-627B":
+        return None
+      return 2_500_000_000_000 if split == "train" else 2_500_000_000
     # zstd compresses this text about 3-4x; err on the large side.
     return 4 * sum(os.path.getsize(p) for p in slimpajama_files(self.root, split))
 
   def documents(self, split: str, shard_index: int = 0, num_shards: int = 1
                 ) -> Iterator[dict]:
     self.skipped[split] = collections.Counter()
+    if self.hf_repo:
+      yield from self._stream_hf(split, shard_index, num_shards)
+      return
     # Parallel readers take whole files: each decompresses only its own.
     for path in slimpajama_files(self.root, split)[shard_index::num_shards]:
       rel = os.path.relpath(path, self.root).replace(os.sep, "/")
@@ -372,6 +394,19 @@ class SlimPajamaSource(Source):
         raise
       self._skip(split, "corrupt_zst_file")
 
+  def _stream_hf(self, split: str, shard_index: int, num_shards: int
+                 ) -> Iterator[dict]:
+    _check_split(split)
+    import datasets  # pylint: disable=g-import-not-at-top
+    ds = datasets.load_dataset(self.hf_repo, split=split, streaming=True)
+    if num_shards > 1:  # parallel readers take whole files here too
+      ds = ds.shard(num_shards=num_shards, index=shard_index)
+    for i, record in enumerate(ds):
+      doc = self._record(record, split)
+      if doc is not None:
+        doc["id"] = f"hf:{split}:{shard_index}-of-{num_shards}:{i}"
+        yield doc
+
   def _parse(self, line: bytes, split: str) -> dict | None:
     if not line.strip():
       return None  # blank lines are layout, not records
@@ -383,6 +418,9 @@ class SlimPajamaSource(Source):
     except ValueError:
       self._skip(split, "malformed_json")
       return None
+    return self._record(record, split)
+
+  def _record(self, record, split: str) -> dict | None:
     text = record.get("text") if isinstance(record, dict) else None
     if not isinstance(text, str) or not text:
       self._skip(split, "empty_or_missing_text")
