@@ -1,0 +1,490 @@
+r"""Evaluate a run's checkpoints: loss, perplexity and bits per byte per split and text type.
+
+  python -m mambaswelu_jax.eval --workdir=DIR [--step=latest|final|N|all]
+      [--splits=validation,test] [--max_tokens=N] [--benchmarks=lambada_openai,...]
+
+Reads only the workdir: its recorded config (`config.json`), its tokenizer
+(`tokenizer.model`) and its Orbax parameters (`final/`, `snapshots/` or the params
+part of a full `checkpoints/` state; no optimizer state is read). The parameters are
+restored replicated onto the devices of *this* process, so a workdir copied to
+another machine or evaluated on another device count works the same.
+
+For each split the run's own eval pipeline (`data.pipeline.make_eval_batches`:
+every token of every document is a target exactly once, in source order) gives
+
+  loss           Σ nll / tokens                        nats per token
+  perplexity     exp(loss)
+  bits_per_byte  Σ nll / (ln 2 · Σ UTF-8 bytes of the targets)   tokenizer independent
+
+overall and per text type, with the token and byte counts beside each figure.
+`--step=all` evaluates every saved step (the params-only snapshots, the full
+checkpoints still kept and the final params): the loss-versus-tokens curve.
+
+Results go to `DIR/eval/<step>.json` (merged with what an earlier call wrote, so
+benchmarks and perplexities can be computed separately) and a table is printed.
+
+Also the library other tools build on: `load_run` (a workdir -> model, params and
+tokenizer), `available_steps`, and `score_sequences` (log-likelihoods of
+continuations, used by the lm-eval adapter and the generation-quality measures).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mambaswelu_jax import checkpointing
+from mambaswelu_jax import train
+
+DATA_AXIS = train.DATA_AXIS
+# Where params live, in the order `latest` looks (params-only kinds first: cheaper).
+CHECKPOINT_KINDS = ("final", "snapshots", "checkpoints")
+LN2 = math.log(2.0)
+
+
+class EvalError(Exception):
+  """A workdir, step or checkpoint that cannot be evaluated; the message says what is missing."""
+
+
+# ----------------------------------------------------------------------------
+# A run: config, tokenizer and params restored from a workdir.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+  """A restored run. `model` is an nnx module with the restored parameters."""
+  workdir: str
+  config: Any
+  step: int
+  kind: str            # final | snapshots | checkpoints
+  tokenizer: Any
+  graphdef: Any
+  params: Any
+  rest: Any
+  mesh: Any
+
+  @functools.cached_property
+  def model(self) -> nnx.Module:
+    return nnx.merge(self.graphdef, self.params, self.rest)
+
+  @property
+  def name(self) -> str:
+    return os.path.basename(os.path.normpath(self.workdir))
+
+  @property
+  def tokens_per_step(self) -> int:
+    return int(self.config.train.global_batch_size) * int(self.config.data.seq_len)
+
+  @property
+  def max_length(self) -> int:
+    """Longest sequence scored in one piece: the training length (learned positions
+    cap it at the position table)."""
+    n = int(self.config.data.seq_len)
+    if self.config.model.get("learned_positions", False):
+      n = min(n, int(self.config.model.max_len))
+    return n
+
+
+def _steps_of(directory: str) -> list[int]:
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory)
+                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def available_steps(workdir: str) -> dict[int, list[str]]:
+  """{step: [kinds holding params of that step]} over final/, snapshots/, checkpoints/."""
+  out: dict[int, list[str]] = {}
+  for kind in CHECKPOINT_KINDS:
+    for s in _steps_of(os.path.join(workdir, kind)):
+      out.setdefault(s, []).append(kind)
+  return dict(sorted(out.items()))
+
+
+def resolve_steps(workdir: str, step: str | int) -> list[int]:
+  """`latest`, `final`, `all`, or a number -> the steps to evaluate (checked to exist)."""
+  steps = available_steps(workdir)
+  if not steps:
+    raise EvalError(
+        f"{workdir} holds no checkpoints: looked for params under "
+        f"{', '.join(os.path.join(workdir, k) for k in CHECKPOINT_KINDS)}. Train the run "
+        f"first (python -m mambaswelu_jax.main --workdir={workdir} ...).")
+  step = str(step).strip().lower()
+  if step in ("latest", ""):
+    return [max(steps)]
+  if step == "all":
+    return list(steps)
+  if step == "final":
+    final = _steps_of(os.path.join(workdir, "final"))
+    if not final:
+      raise EvalError(f"{workdir}/final holds no params (the run has not finished); "
+                      f"saved steps: {_fmt_steps(steps)}")
+    return [final[-1]]
+  try:
+    n = int(step)
+  except ValueError:
+    raise EvalError(f"--step={step!r}: expected latest, final, all or a step number") from None
+  if n not in steps:
+    raise EvalError(f"step {n} is not saved in {workdir}; saved steps: {_fmt_steps(steps)}")
+  return [n]
+
+
+def _fmt_steps(steps) -> str:
+  steps = list(steps)
+  return ", ".join(map(str, steps)) if len(steps) <= 20 else (
+      f"{', '.join(map(str, steps[:10]))}, ..., {', '.join(map(str, steps[-5:]))} "
+      f"({len(steps)} in all)")
+
+
+def load_config_and_tokenizer(workdir: str):
+  """(config, tokenizer) of a workdir, or an EvalError naming the missing file."""
+  if not os.path.isdir(workdir):
+    raise EvalError(f"workdir {workdir} does not exist")
+  cfg_path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  if not os.path.exists(cfg_path):
+    raise EvalError(f"{workdir} has no {checkpointing.CONFIG_FILE}: not a run's workdir "
+                    f"(a run records its resolved config there when it starts)")
+  try:
+    config = checkpointing.load_config(workdir)
+  except (OSError, ValueError) as e:
+    raise EvalError(f"{cfg_path} does not read as JSON: {e}") from e
+  tok_path = os.path.join(workdir, "tokenizer.model")
+  if not os.path.exists(tok_path):
+    raise EvalError(f"{workdir} has no tokenizer.model: the run's tokenizer is needed to "
+                    f"evaluate or sample (copy the study tokenizer there, the one the run "
+                    f"was trained with: data.tokenizer_path in {cfg_path})")
+  from mambaswelu_jax.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  try:
+    tokenizer = tokenizer_lib.load_tokenizer(tok_path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise EvalError(f"{tok_path} does not load as a tokenizer: {type(e).__name__}: {e}") from e
+  vocab = int(config.model.vocab_size)
+  if tokenizer.vocab_size != vocab:
+    raise EvalError(f"{tok_path} has {tokenizer.vocab_size} tokens but the run's model has "
+                    f"vocab_size {vocab}: it is not the run's tokenizer")
+  return config, tokenizer
+
+
+def load_run(workdir: str, step: str | int = "latest", devices: Sequence | None = None,
+             config=None, tokenizer=None) -> Run:
+  """Restores a run's params (replicated over `devices`, default all local devices)."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if config is None or tokenizer is None:
+    config, tokenizer = load_config_and_tokenizer(workdir)
+  (step_n,) = resolve_steps(workdir, step) if str(step) != "all" else (None,)
+  if step_n is None:
+    raise EvalError("load_run restores one step; use resolve_steps for --step=all")
+  kinds = available_steps(workdir)[step_n]
+
+  from mambaswelu_jax.models import build_model  # pylint: disable=import-outside-toplevel
+  mesh = train.make_mesh(list(devices) if devices is not None else jax.local_devices())
+  build = lambda: build_model(config.model, nnx.Rngs(int(config.get("seed", 0))))
+  graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
+  replicated = NamedSharding(mesh, P())
+  abstract_params = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_params)
+  # Non-parameter variables are not checkpointed: rebuilt from the config.
+  rest = jax.jit(lambda: nnx.split(build(), nnx.Param, ...)[2], out_shardings=replicated)()
+
+  errors = []
+  for kind in kinds:
+    try:
+      got, params = checkpointing.restore_params(workdir, abstract_params, step_n, kind=kind)
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(f"{workdir}/{kind}/{step_n}: {type(e).__name__}: {str(e)[:300]}")
+      continue
+    return Run(workdir, config, got, kind, tokenizer, graphdef, params, rest, mesh)
+  raise EvalError(f"params of step {step_n} do not restore (corrupt or incomplete "
+                  f"checkpoint?):\n  " + "\n  ".join(errors))
+
+
+# ----------------------------------------------------------------------------
+# Perplexity and bits per byte over a split.
+# ----------------------------------------------------------------------------
+
+
+def type_sums(params, batch, rest, *, graphdef, num_types: int, axis_name=DATA_AXIS):
+  """(num_types, 3) float32 sums of [nll, tokens, target bytes] per text type."""
+  logits = nnx.merge(graphdef, params, rest)(batch["inputs"])
+  nll = train.token_nll(logits, batch["targets"])
+  w = batch["weights"].astype(jnp.float32)
+  cols = jnp.stack([nll * w, w, batch["target_bytes"].astype(jnp.float32) * w], -1)
+  sums = jax.ops.segment_sum(cols.reshape(-1, 3), batch["text_type"].reshape(-1),
+                             num_segments=num_types)
+  return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
+
+
+def make_type_sums_step(run: Run, num_types: int):
+  fn = functools.partial(type_sums, graphdef=run.graphdef, num_types=num_types)
+  return jax.jit(jax.shard_map(fn, mesh=run.mesh, in_specs=(P(), P(DATA_AXIS), P()),
+                               out_specs=P(), check_vma=False))
+
+
+def _figures(nll: float, tokens: float, nbytes: float) -> dict:
+  loss = nll / tokens if tokens else float("nan")
+  return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+          "bits_per_byte": nll / (LN2 * nbytes) if nbytes else float("nan"),
+          "tokens": int(tokens), "bytes": int(nbytes)}
+
+
+def evaluate_split(run: Run, split: str, *, max_tokens: int = 0, batch_per_device: int = 0,
+                   source=None) -> dict:
+  """Loss / perplexity / bits per byte over `split`, overall and per text type."""
+  from mambaswelu_jax.data import pipeline, sources  # pylint: disable=import-outside-toplevel
+  source = sources.make_source(run.config.data) if source is None else source
+  per_device = batch_per_device or int(run.config.eval.batch_per_device)
+  global_batch = per_device * len(run.mesh.devices.reshape(-1))
+  seq_len = int(run.config.data.seq_len)
+  batches = pipeline.make_eval_batches(
+      source, run.tokenizer, split, global_batch, seq_len, max_tokens=max_tokens,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  types = list(source.text_types) or ["text"]
+  step_fn = make_type_sums_step(run, len(types))
+  totals = np.zeros((len(types), 3), np.float64)
+  compiled, seconds = None, 0.0
+  for batch in batches:
+    arrays = train.to_global({k: batch[k] for k in
+                              ("inputs", "targets", "weights", "target_bytes", "text_type")},
+                             run.mesh)
+    if compiled is None:  # compile outside the timing
+      compiled = step_fn.lower(run.params, arrays, run.rest).compile()
+    t0 = time.perf_counter()
+    totals += np.asarray(jax.device_get(compiled(run.params, arrays, run.rest)), np.float64)
+    seconds += time.perf_counter() - t0
+  overall = totals.sum(0)
+  out = _figures(*overall)
+  out["by_type"] = {t: _figures(*totals[i]) for i, t in enumerate(types) if totals[i, 1] > 0}
+  out["seconds"] = seconds
+  # Tokens the model ran over (padding rows included) per second of device time.
+  out["tokens_per_second"] = len(batches) * global_batch * seq_len / seconds if seconds else 0.0
+  out["skipped_documents"] = dict(getattr(batches, "skipped", {}) or {})
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Log-likelihoods of continuations (lm-eval adapter, generation quality).
+# ----------------------------------------------------------------------------
+
+
+def _bucket(n: int, minimum: int = 16) -> int:
+  """The next power of two >= n: one compilation per bucket."""
+  return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+def continuation_logprobs(params, inputs, targets, rest, *, graphdef):
+  """(log p(target), target == argmax) per position, float32 / bool (b, L)."""
+  logits = nnx.merge(graphdef, params, rest)(inputs).astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, -1)
+  picked = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  return picked, jnp.argmax(logits, -1) == targets
+
+
+def make_scorer(run: Run):
+  fn = functools.partial(continuation_logprobs, graphdef=run.graphdef)
+  return jax.jit(jax.shard_map(fn, mesh=run.mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
+                               out_specs=P(DATA_AXIS), check_vma=False))
+
+
+def score_sequences(run: Run, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                    batch_size: int = 16, max_length: int = 0, scorer=None,
+                    progress=None) -> list[tuple[float, bool]]:
+  """Σ log p(continuation | context) and whether greedy decoding gives the continuation.
+
+  requests: (context ids, continuation ids); the context must be non-empty (start it
+  with EOS, the document separator the run trained with, when there is no text).
+  Sequences longer than `max_length` (default: the run's training length) + 1 keep
+  their last `max_length + 1` tokens. Requests run longest first in batches of
+  `batch_size` rows, right-padded to a power-of-two length (causal, so padding on
+  the right changes nothing before it).
+  """
+  max_length = max_length or run.max_length
+  n_dev = len(run.mesh.devices.reshape(-1))
+  batch_size = -(-max(1, batch_size) // n_dev) * n_dev
+  scorer = scorer or make_scorer(run)
+  rows = []
+  for i, (ctx, cont) in enumerate(requests):
+    if not cont:
+      rows.append((i, [], 0))
+      continue
+    if not ctx:
+      raise ValueError("score_sequences: empty context (prefix the EOS id)")
+    seq = (list(ctx) + list(cont))[-(max_length + 1):]
+    rows.append((i, seq, min(len(cont), len(seq) - 1)))
+  results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
+  order = sorted((r for r in rows if r[1]), key=lambda r: -len(r[1]))
+  replicated_rows = NamedSharding(run.mesh, P(DATA_AXIS))
+  for start in range(0, len(order), batch_size):
+    chunk = order[start:start + batch_size]
+    length = min(_bucket(len(chunk[0][1]) - 1), _bucket(max_length))
+    inputs = np.zeros((batch_size, length), np.int32)
+    targets = np.zeros((batch_size, length), np.int32)
+    for j, (_, seq, _) in enumerate(chunk):
+      inputs[j, :len(seq) - 1] = seq[:-1]
+      targets[j, :len(seq) - 1] = seq[1:]
+    logp, greedy = jax.device_get(scorer(
+        run.params, jax.device_put(inputs, replicated_rows),
+        jax.device_put(targets, replicated_rows), run.rest))
+    for j, (i, seq, n) in enumerate(chunk):
+      end = len(seq) - 1
+      results[i] = (float(np.sum(logp[j, end - n:end], dtype=np.float64)),
+                    bool(np.all(greedy[j, end - n:end])))
+    if progress is not None:
+      progress(len(chunk))
+  return results
+
+
+# ----------------------------------------------------------------------------
+# Results: JSON per step and a table.
+# ----------------------------------------------------------------------------
+
+
+def results_path(workdir: str, step: int, output_dir: str = "") -> str:
+  return os.path.join(output_dir or os.path.join(workdir, "eval"), f"{step}.json")
+
+
+def write_results(path: str, results: dict) -> dict:
+  """Merges `results` into the JSON at `path` (splits and benchmarks kept from earlier
+  calls unless recomputed) and writes it atomically."""
+  old = {}
+  if os.path.exists(path):
+    try:
+      with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    except (OSError, ValueError):
+      old = {}
+  merged = {**old, **results}
+  for key in ("splits", "benchmarks"):
+    merged[key] = {**old.get(key, {}), **results.get(key, {})}
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(merged, f, indent=2, sort_keys=True, default=_json_default)
+    f.write("\n")
+  os.replace(tmp, path)
+  return merged
+
+
+def _json_default(value):
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  return str(value)
+
+
+def format_table(results: Sequence[dict]) -> str:
+  """One line per (step, split, text type)."""
+  head = (f"{'step':>8} {'tokens seen':>13} {'split':<11} {'type':<12} {'loss':>7} "
+          f"{'ppl':>9} {'bits/byte':>9} {'tokens':>11} {'bytes':>12}")
+  lines = [head, "-" * len(head)]
+  for r in results:
+    for split, s in r.get("splits", {}).items():
+      for typ, f in [("all", s)] + sorted(s.get("by_type", {}).items()):
+        lines.append(f"{r['step']:>8} {r.get('tokens_seen', 0):>13,} {split:<11} {typ:<12} "
+                     f"{f['loss']:>7.4f} {f['perplexity']:>9.2f} {f['bits_per_byte']:>9.4f} "
+                     f"{f['tokens']:>11,} {f['bytes']:>12,}")
+    for task, metrics in r.get("benchmarks", {}).items():
+      shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())
+                        if isinstance(v, (int, float)))
+      lines.append(f"{r['step']:>8} {r.get('tokens_seen', 0):>13,} {'benchmark':<11} "
+                   f"{task:<12} {shown}")
+  return "\n".join(lines)
+
+
+def evaluate_run(workdir: str, step: str | int = "latest", *, splits=("validation", "test"),
+                 max_tokens: int = 0, batch_per_device: int = 0, benchmarks=(),
+                 benchmark_limit: int = 0, benchmark_batch_size: int = 16,
+                 output_dir: str = "", devices=None, log=print) -> list[dict]:
+  """Evaluates each requested step; writes and returns one result dict per step."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  config, tokenizer = load_config_and_tokenizer(workdir)
+  steps = resolve_steps(workdir, step)
+  source = None
+  if splits:
+    from mambaswelu_jax.data import sources  # pylint: disable=import-outside-toplevel
+    source = sources.make_source(config.data)
+  out = []
+  for s in steps:
+    run = load_run(workdir, s, devices=devices, config=config, tokenizer=tokenizer)
+    result = {"workdir": workdir, "step": run.step, "checkpoint": run.kind,
+              "tokens_seen": run.step * run.tokens_per_step,
+              "devices": f"{len(run.mesh.devices.reshape(-1))} x "
+                         f"{run.mesh.devices.reshape(-1)[0].device_kind}",
+              "splits": {}, "benchmarks": {}}
+    for split in splits:
+      r = evaluate_split(run, split, max_tokens=max_tokens, batch_per_device=batch_per_device,
+                         source=source)
+      result["splits"][split] = r
+      log(f"step {run.step} {split}: loss {r['loss']:.4f}  perplexity {r['perplexity']:.2f}  "
+          f"bits/byte {r['bits_per_byte']:.4f}  ({r['tokens']:,} tokens, {r['bytes']:,} bytes, "
+          f"{r['tokens_per_second']:,.0f} tokens/s)")
+    if benchmarks:
+      from mambaswelu_jax import lm_eval_adapter  # pylint: disable=import-outside-toplevel
+      result["benchmarks"] = lm_eval_adapter.run_benchmarks(
+          run, list(benchmarks), limit=benchmark_limit or None, batch_size=benchmark_batch_size)
+    merged = write_results(results_path(workdir, run.step, output_dir), result)
+    out.append(merged)
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Command line.
+# ----------------------------------------------------------------------------
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_string("workdir", None, "The run's directory.")
+  flags.DEFINE_string("step", "latest", "latest | final | all | a step number.")
+  flags.DEFINE_list("splits", ["validation", "test"], "Splits to evaluate ('' for none).")
+  flags.DEFINE_integer("max_tokens", 0, "Targets per split (0: the whole split).")
+  flags.DEFINE_integer("batch_per_device", 0, "Eval rows per device (0: config.eval).")
+  flags.DEFINE_list("benchmarks", [], "lm-eval tasks, e.g. lambada_openai,hellaswag,piqa,"
+                    "winogrande (needs pip install '.[eval]' and the datasets).")
+  flags.DEFINE_integer("benchmark_limit", 0, "Documents per benchmark task (0: all).")
+  flags.DEFINE_integer("benchmark_batch_size", 16, "Rows per scoring batch for benchmarks.")
+  flags.DEFINE_string("output_dir", "", "Where <step>.json goes (default DIR/eval).")
+  flags.mark_flag_as_required("workdir")
+  return flags.FLAGS
+
+
+def main(argv):
+  from absl import app, logging  # pylint: disable=import-outside-toplevel
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.ERROR)  # Orbax's notes on read-only managers
+  f = FLAGS
+  from mambaswelu_jax.data.sources import DataError  # pylint: disable=import-outside-toplevel
+  try:
+    results = evaluate_run(f.workdir, f.step, splits=[s for s in f.splits if s],
+                           max_tokens=f.max_tokens, batch_per_device=f.batch_per_device,
+                           benchmarks=f.benchmarks, benchmark_limit=f.benchmark_limit,
+                           benchmark_batch_size=f.benchmark_batch_size,
+                           output_dir=f.output_dir)
+  except (EvalError, DataError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(format_table(results))
+  print(f"results: {os.path.dirname(results_path(os.path.abspath(f.workdir), 0, f.output_dir))}"
+        f"/<step>.json")
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+  FLAGS = _define_flags()
+  from absl import app as _app  # pylint: disable=ungrouped-imports
+  _app.run(main)
