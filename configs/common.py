@@ -1,0 +1,45 @@
+"""Pieces the run configs share: the `smoke` shrink and argument parsing.
+
+A real config takes an argument that shrinks it for a laptop while keeping its data
+source and structure (big_vision style)::
+
+  python -m mambaswelu_jax.main --config=configs/slimpajama_chinchilla.py:smoke --workdir=/tmp/smoke
+"""
+
+import ml_collections
+
+ARGS = ("", "smoke")
+
+
+def check_arg(arg, allowed=ARGS, name="config"):
+  arg = (arg or "").strip()
+  if arg not in allowed:
+    raise ValueError(f"unknown {name} argument {arg!r}; expected one of "
+                     f"{[a for a in allowed if a]} (e.g. --config=configs/X.py:smoke)")
+  return arg
+
+
+def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A few minutes on a CPU: small model and sequences, every code path exercised
+  (accumulation, evaluation, checkpoints, snapshots, final params)."""
+  m = config.model
+  m.d_model = 64
+  m.n_layers = 2
+  m.d_state = 8
+  m.dense_hidden = 128
+  m.compute_dtype = "float32"   # bf16 matmuls are slow on CPUs
+  config.data.seq_len = 128
+  if m.get("max_len", 0) and m.max_len < 128:
+    m.max_len = 128
+  t = config.train
+  t.global_batch_size = 4
+  t.micro_batch_per_device = 2
+  t.num_steps = 20
+  t.warmup_steps = 5
+  t.log_every_steps = 5
+  config.checkpoint.every_steps = 10
+  config.checkpoint.snapshot_every_steps = 10
+  config.eval.every_steps = 10
+  config.eval.max_batches = 2
+  config.eval.batch_per_device = 2
+  return config

@@ -1,0 +1,22 @@
+"""Study run 2: the study model on SlimPajama-627B, 20 tokens per parameter (Chinchilla).
+
+  python -m mambaswelu_jax.main --config=configs/slimpajama_chinchilla.py --workdir=runs/slimpajama_chinchilla \
+      --config.data.data_dir=/path/to/SlimPajama-627B
+
+Steps = 20 x parameters / 16,384 tokens per step (151,500 for the original's
+124,104,719 parameters); override with --config.train.num_steps=N.
+`:smoke` shrinks it for a laptop, keeping the data source.
+"""
+
+from configs import common
+from configs import default
+
+
+def get_config(arg=None):
+  arg = common.check_arg(arg)
+  config = default.get_config()
+  config.data.source = "slimpajama"
+  config.data.tokens_per_parameter = 20.0
+  if arg == "smoke":
+    common.smoke(config)
+  return config

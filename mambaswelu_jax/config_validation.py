@@ -1,0 +1,267 @@
+"""Checks a run config before anything compiles, and fills in derived values.
+
+Every error is a `ConfigError` whose message names the offending key and says how
+to fix it. `resolve(config, num_devices=..., process_count=...)` returns a new,
+locked ConfigDict with `train.num_steps` filled in; the resolved config is what a
+workdir records.
+
+Imports jax, flax, numpy and ml_collections only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and the fix."""
+
+
+# Keys that may change when a run resumes: they steer logging, checkpoint
+# cadence, evaluation and the device split, not the trained numbers.
+# A trailing ".*" matches a whole block.
+RESUMABLE_CHANGES = (
+    "train.log_every_steps",
+    "train.stop_at_step",
+    "train.peak_tflops_per_device",
+    "train.micro_batch_per_device",
+    "model.scan_impl",
+    "model.scan_chunk",
+    "checkpoint.*",
+    "eval.*",
+)
+
+# Choices documented in configs/default.py.
+_CHOICES = {
+    "model.compute_dtype": ("bfloat16", "float32", "float16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "model.scan_impl": ("auto", "xla", "reference", "pallas"),
+    "model.activation": ("swelu", "silu"),
+    "model.mixer": ("selective", "gated_conv"),
+    "model.norm": ("layernorm", "rmsnorm"),
+}
+
+
+# ----------------------------------------------------------------------------
+# Structure: unknown keys and wrong types, against configs/default.py.
+# ----------------------------------------------------------------------------
+
+
+def reference_config() -> ml_collections.ConfigDict:
+  """The schema every run config must follow: `configs/default.py`."""
+  from configs import default  # pylint: disable=import-outside-toplevel
+  return default.get_config()
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+  """{'train.learning_rate': 3e-4, ...} for a (nested) ConfigDict or dict."""
+  out = {}
+  items = config.items() if hasattr(config, "items") else []
+  for key, value in items:
+    name = f"{prefix}{key}"
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def _type_ok(ref: Any, value: Any) -> bool:
+  if ref is None or value is None:
+    return True
+  if isinstance(ref, bool):
+    return isinstance(value, bool)
+  if isinstance(ref, int):
+    return isinstance(value, int) and not isinstance(value, bool)
+  if isinstance(ref, float):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(ref, str):
+    return isinstance(value, str)
+  if isinstance(ref, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return True
+
+
+def check_structure(config: ml_collections.ConfigDict,
+                    reference: ml_collections.ConfigDict | None = None) -> None:
+  """Unknown keys and wrong types, checked against the reference config."""
+  reference = reference if reference is not None else reference_config()
+  ref = flatten(reference)
+  ref_blocks = {k.rsplit(".", 1)[0] for k in ref if "." in k}
+  got = flatten(config)
+  for key, value in got.items():
+    if key not in ref:
+      if key in ref_blocks:
+        raise ConfigError(f"config key '{key}' must be a block (ConfigDict), got "
+                          f"{value!r}; set its fields, e.g. --config.{key}.<field>=...")
+      near = difflib.get_close_matches(key, list(ref), n=1)
+      hint = f" Did you mean '{near[0]}'?" if near else ""
+      raise ConfigError(
+          f"unknown config key '{key}'.{hint} Keys come from configs/default.py; "
+          f"remove it or add it there.")
+    if not _type_ok(ref[key], value):
+      raise ConfigError(
+          f"config key '{key}' has type {type(value).__name__} ({value!r}); expected "
+          f"{type(ref[key]).__name__} like the default {ref[key]!r}. Fix it in the "
+          f"config file or with --config.{key}=<{type(ref[key]).__name__}>.")
+  missing = sorted(set(ref) - set(got))
+  if missing:
+    raise ConfigError(
+        f"config key '{missing[0]}' is missing (and {len(missing) - 1} more). Start "
+        f"run configs from `configs.default.get_config()` so every key exists.")
+
+
+# ----------------------------------------------------------------------------
+# Values.
+# ----------------------------------------------------------------------------
+
+
+def _require(ok: bool, key: str, value: Any, need: str) -> None:
+  if not ok:
+    raise ConfigError(f"config key '{key}' = {value!r} is invalid: {need}. "
+                      f"Set it with --config.{key}=... or in the config file.")
+
+
+def _divisors(n: int) -> list[int]:
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def check_batch(config: ml_collections.ConfigDict, num_devices: int,
+                process_count: int = 1) -> int:
+  """Returns the gradient-accumulation count; raises when the split is impossible."""
+  t = config.train
+  g, m = t.global_batch_size, t.micro_batch_per_device
+  _require(g > 0, "train.global_batch_size", g, "it must be positive")
+  _require(m > 0, "train.micro_batch_per_device", m, "it must be positive")
+  if g % (m * num_devices):
+    if g % num_devices:
+      fix = (f"set train.global_batch_size to a multiple of {num_devices} (the device "
+             f"count), e.g. {num_devices * max(1, round(g / num_devices))}")
+    else:
+      fix = (f"with {num_devices} device(s) use train.micro_batch_per_device in "
+             f"{_divisors(g // num_devices)}, or set train.global_batch_size to a multiple of {m * num_devices}")
+    raise ConfigError(
+        f"config key 'train.global_batch_size' = {g} cannot be split into micro-batches "
+        f"of train.micro_batch_per_device = {m} on {num_devices} device(s) "
+        f"({g} is not a multiple of {m} x {num_devices} = {m * num_devices}); {fix}.")
+  if g % process_count:
+    raise ConfigError(
+        f"config key 'train.global_batch_size' = {g} is not divisible by the "
+        f"{process_count} processes of this run; use a multiple of {process_count}.")
+  return g // (m * num_devices)
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+  t, c, e, d, m = config.train, config.checkpoint, config.eval, config.data, config.model
+  _require(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "it must be > 0")
+  _require(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "it must be >= 0")
+  _require(0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio", t.min_lr_ratio,
+           "it must lie in [0, 1]")
+  _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "it must be >= 0")
+  _require(0.0 <= t.b1 < 1.0, "train.b1", t.b1, "it must lie in [0, 1)")
+  _require(0.0 <= t.b2 < 1.0, "train.b2", t.b2, "it must lie in [0, 1)")
+  _require(t.eps > 0, "train.eps", t.eps, "it must be > 0")
+  _require(t.grad_clip_norm >= 0, "train.grad_clip_norm", t.grad_clip_norm,
+           "it must be >= 0 (0 disables clipping)")
+  _require(t.num_steps >= 0, "train.num_steps", t.num_steps,
+           "it must be >= 0 (0 derives it from data.tokens_per_parameter)")
+  _require(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "it must be > 0")
+  _require(t.stop_at_step >= 0, "train.stop_at_step", t.stop_at_step,
+           "it must be >= 0 (0: run to train.num_steps)")
+  _require(t.peak_tflops_per_device >= 0, "train.peak_tflops_per_device",
+           t.peak_tflops_per_device, "it must be >= 0 (0: from the device kind)")
+  _require(c.every_steps > 0, "checkpoint.every_steps", c.every_steps, "it must be > 0")
+  _require(c.max_to_keep >= 1, "checkpoint.max_to_keep", c.max_to_keep, "keep at least 1")
+  _require(c.snapshot_every_steps >= 0, "checkpoint.snapshot_every_steps",
+           c.snapshot_every_steps, "it must be >= 0 (0: no snapshots)")
+  _require(e.every_steps >= 0, "eval.every_steps", e.every_steps,
+           "it must be >= 0 (0: evaluate only at the end)")
+  _require(e.max_batches >= 0, "eval.max_batches", e.max_batches,
+           "it must be >= 0 (0: the whole validation split)")
+  _require(e.batch_per_device > 0, "eval.batch_per_device", e.batch_per_device,
+           "it must be > 0")
+  _require(e.sample_tokens >= 0, "eval.sample_tokens", e.sample_tokens, "it must be >= 0")
+  _require(e.sample_temperature >= 0, "eval.sample_temperature", e.sample_temperature,
+           "it must be >= 0 (0: greedy)")
+  _require(d.seq_len > 0, "data.seq_len", d.seq_len, "it must be > 0")
+  if t.num_steps == 0:
+    _require(d.tokens_per_parameter > 0, "data.tokens_per_parameter",
+             d.tokens_per_parameter, "it must be > 0 when train.num_steps is 0 (derived)")
+  _require(m.vocab_size > 0, "model.vocab_size", m.vocab_size, "it must be > 0")
+  for key in ("d_model", "n_layers", "d_state", "d_conv", "expand"):
+    if key in m:
+      _require(m[key] > 0, f"model.{key}", m[key], "it must be > 0")
+  if m.get("learned_positions", False) and "max_len" in m:
+    _require(m.max_len >= d.seq_len, "model.max_len", m.max_len,
+             f"the learned position table must cover data.seq_len = {d.seq_len}")
+  for key, choices in _CHOICES.items():
+    block, field = key.split(".")
+    if field in config[block]:
+      value = config[block][field]
+      _require(value in choices, key, value, f"choose one of {list(choices)}")
+
+
+# ----------------------------------------------------------------------------
+# Derived values.
+# ----------------------------------------------------------------------------
+
+
+def parameter_count(model_config: ml_collections.ConfigDict) -> int:
+  """Parameters of the model, from shapes only (`nnx.eval_shape`: nothing allocated)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.models import build_model, count_parameters  # pylint: disable=import-outside-toplevel
+  abstract = nnx.eval_shape(lambda: build_model(model_config, nnx.Rngs(0)))
+  return int(count_parameters(abstract))
+
+
+def tokens_per_step(config: ml_collections.ConfigDict) -> int:
+  return int(config.train.global_batch_size) * int(config.data.seq_len)
+
+
+def derived_num_steps(config: ml_collections.ConfigDict, num_params: int | None = None) -> int:
+  """tokens_per_parameter x parameters / tokens per optimizer step, rounded."""
+  if num_params is None:
+    num_params = parameter_count(config.model)
+  return max(1, int(round(config.data.tokens_per_parameter * num_params / tokens_per_step(config))))
+
+
+def resolve(config: ml_collections.ConfigDict, *, num_devices: int = 1, process_count: int = 1,
+            check_keys: bool = True) -> ml_collections.ConfigDict:
+  """Validates `config` and returns a locked copy with derived values filled in."""
+  if check_keys:
+    check_structure(config)
+  check_values(config)
+  check_batch(config, num_devices, process_count)
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.train.num_steps == 0:
+    config.train.num_steps = derived_num_steps(config)
+  n = config.train.num_steps
+  _require(config.train.warmup_steps < n or config.train.warmup_steps == 0,
+           "train.warmup_steps", config.train.warmup_steps,
+           f"warmup must end before train.num_steps = {n}")
+  config.lock()
+  return config
+
+
+def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+  """Keys whose values differ, ignoring RESUMABLE_CHANGES; 'key: old -> new' strings."""
+  def ignored(key):
+    return any(key == pat or (pat.endswith(".*") and key.startswith(pat[:-1]))
+               for pat in RESUMABLE_CHANGES)
+
+  out = []
+  for key in sorted(set(old) | set(new)):
+    if ignored(key):
+      continue
+    a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+      same = math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0) or a == b
+    else:
+      same = (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)
+    if not same:
+      out.append(f"{key}: {a!r} -> {b!r}")
+  return out

@@ -1,0 +1,171 @@
+"""Where a run's numbers go: CLU writers (TensorBoard + logging), DIR/metrics.jsonl
+and a readable DIR/train.log; plus device peak FLOP/s for MFU.
+
+`metrics.jsonl` holds one JSON object per written step, `{"step": N, name: value}`,
+with the same names as the TensorBoard scalars, so tools read it without TensorFlow.
+CLU (and through it TensorFlow) is imported only when a writer is created.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from typing import Any, Mapping
+
+# Dense bf16 peak TFLOP/s per device, by a substring of `jax.Device.device_kind`
+# (lower case). First match wins, so the more specific names come first.
+_PEAK_TFLOPS = (
+    ("h200", 989.0),
+    ("h100 pcie", 756.0),
+    ("h100", 989.0),
+    ("gh200", 989.0),
+    ("b200", 2250.0),
+    ("a100", 312.0),
+    ("l40s", 362.0),
+    ("l4", 121.0),
+    ("a10g", 125.0),
+    ("v100", 125.0),
+    ("t4", 65.0),
+    ("tpu v6", 918.0),
+    ("tpu v5p", 459.0),
+    ("tpu v5 lite", 197.0),
+    ("tpu v5e", 197.0),
+    ("tpu v5", 459.0),
+    ("tpu v4", 275.0),
+    ("tpu v3", 123.0),
+)
+
+
+def _cpu_peak_tflops(num_local_devices: int) -> float:
+  """A rough host estimate: cores x clock x 32 fp32 FLOP/cycle (two AVX2 FMA units)."""
+  cores = os.cpu_count() or 1
+  ghz = 2.5
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      mhz = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", f.read())]
+    if mhz:
+      ghz = max(mhz) / 1000.0
+  except OSError:
+    pass
+  return cores * ghz * 32.0 / 1000.0 / max(1, num_local_devices)
+
+
+def peak_tflops(device: Any, num_local_devices: int = 1, override: float = 0.0) -> tuple[float, str]:
+  """(peak TFLOP/s of one device, where the number came from)."""
+  if override and override > 0:
+    return float(override), "train.peak_tflops_per_device"
+  kind = str(getattr(device, "device_kind", "")).lower()
+  for name, value in _PEAK_TFLOPS:
+    if name in kind:
+      return value, f"device kind '{kind}'"
+  if getattr(device, "platform", "") == "cpu":
+    return _cpu_peak_tflops(num_local_devices), "CPU estimate (cores x clock x 32 FLOP/cycle)"
+  return float("nan"), f"unknown device kind '{kind}'; set train.peak_tflops_per_device"
+
+
+def _jsonable(value: Any) -> Any:
+  try:
+    value = float(value) if not isinstance(value, (int, str, bool)) else value
+  except (TypeError, ValueError):
+    return str(value)
+  if isinstance(value, float) and not math.isfinite(value):
+    return None if math.isnan(value) else (1e308 if value > 0 else -1e308)
+  return value
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+  """The records of a metrics.jsonl file (no TensorFlow needed)."""
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      line = line.strip()
+      if line:
+        try:
+          out.append(json.loads(line))
+        except json.JSONDecodeError:
+          break  # a line cut short by a crash: the end of what was written
+  return out
+
+
+class MetricsWriter:
+  """Writes scalars to CLU (TensorBoard + logging) and to metrics.jsonl.
+
+  Only the process that `is_main` writes files; every process logs.
+  `resume_step` drops JSONL records past it (from a run interrupted after its last
+  checkpoint), so the file stays one record per step.
+  """
+
+  def __init__(self, workdir: str, *, is_main: bool = True, resume_step: int = 0,
+               tensorboard: bool = True):
+    self.is_main = is_main
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._clu = None
+    if is_main:
+      if os.path.exists(self.path):
+        kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+        with open(self.path, "w", encoding="utf-8") as f:
+          for r in kept:
+            f.write(json.dumps(r) + "\n")
+      self._jsonl = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+    else:
+      self._jsonl = None
+    if tensorboard:
+      from clu import metric_writers  # pylint: disable=import-outside-toplevel
+      self._clu = metric_writers.create_default_writer(
+          os.path.join(workdir, "tensorboard"), just_logging=not is_main, asynchronous=True)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    scalars = {k: _jsonable(v) for k, v in scalars.items()}
+    if self._clu is not None:
+      self._clu.write_scalars(step, {k: (v if v is not None else float("nan"))
+                                     for k, v in scalars.items() if not isinstance(v, str)})
+    if self._jsonl is not None:
+      self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+      self._jsonl.flush()
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    if self._clu is not None:
+      self._clu.write_hparams({k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                               for k, v in hparams.items()})
+
+  def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    if self._clu is not None:
+      self._clu.write_texts(step, dict(texts))
+
+  def flush(self) -> None:
+    if self._clu is not None:
+      self._clu.flush()
+    if self._jsonl is not None:
+      self._jsonl.flush()
+
+  def close(self) -> None:
+    if self._clu is not None:
+      self._clu.close()
+      self._clu = None
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+
+
+def add_train_log(workdir: str, is_main: bool = True) -> logging.Handler | None:
+  """Sends the `mambaswelu_jax` loggers' records (INFO and up) to DIR/train.log."""
+  if not is_main:
+    return None
+  handler = logging.FileHandler(os.path.join(workdir, "train.log"), encoding="utf-8")
+  handler.setLevel(logging.INFO)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s",
+                                         datefmt="%Y-%m-%d %H:%M:%S"))
+  logger = logging.getLogger("mambaswelu_jax")
+  logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  return handler
+
+
+def remove_train_log(handler: logging.Handler | None) -> None:
+  if handler is not None:
+    handler.flush()
+    logging.getLogger("mambaswelu_jax").removeHandler(handler)
+    handler.close()

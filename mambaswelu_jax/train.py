@@ -1,0 +1,626 @@
+"""Training: a pure train state, pure step functions, and the loop around them.
+
+`train_step` / `eval_step` are per-device functions; `make_train_step` and
+`make_eval_step` wrap them in `jax.shard_map` over a 1-D `data` mesh (every device
+of the run, across hosts too) and `jax.jit` with the state donated. Each device
+takes its slice of the global batch, runs `accum` micro-batches of
+`train.micro_batch_per_device` sequences, and the gradients are averaged across the
+mesh before one AdamW update, so the same global batch gives the same trajectory on
+1, 2 or 4 devices.
+
+`train_and_evaluate(config, workdir)` is the loop: validate the config, record it,
+build data, model and optimizer, restore the newest valid checkpoint, train with
+periodic logging / evaluation / checkpoints, stop cleanly on SIGTERM, and finish
+with a final evaluation, the final params and (if asked) a text sample.
+
+This module imports jax, flax, optax, numpy and ml_collections only; Orbax, CLU,
+grain and the data layer are imported when `train_and_evaluate` first needs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+# These import Orbax, CLU, grain and the data layer only when used.
+from mambaswelu_jax import checkpointing
+from mambaswelu_jax import config_validation
+from mambaswelu_jax import metrics as metrics_lib
+from mambaswelu_jax import run_data
+
+log = logging.getLogger("mambaswelu_jax.train")
+
+DATA_AXIS = "data"
+# Exit status of `main` when SIGTERM stopped the run after saving a checkpoint
+# (the status a shell reports for a process ended by SIGTERM: schedulers treat it
+# as a preemption, and rerunning the same command resumes).
+PREEMPTED_EXIT_CODE = 143
+
+TrainState = dict  # {"step": int32 scalar, "params": nnx.State, "opt_state": optax state}
+
+
+# ----------------------------------------------------------------------------
+# Optimizer.
+# ----------------------------------------------------------------------------
+
+
+def make_schedule(train_cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to learning_rate, then cosine to learning_rate * min_lr_ratio."""
+  lr = float(train_cfg.learning_rate)
+  warmup = int(train_cfg.warmup_steps)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=lr, warmup_steps=warmup,
+      decay_steps=max(int(num_steps), warmup + 1), end_value=lr * float(train_cfg.min_lr_ratio))
+
+
+def make_optimizer(train_cfg: ml_collections.ConfigDict, num_steps: int,
+                   decay_mask: Any) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW with the schedule and the decay mask."""
+  parts = []
+  if train_cfg.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(float(train_cfg.grad_clip_norm)))
+  parts.append(optax.adamw(make_schedule(train_cfg, num_steps), b1=float(train_cfg.b1),
+                           b2=float(train_cfg.b2), eps=float(train_cfg.eps),
+                           weight_decay=float(train_cfg.weight_decay), mask=decay_mask))
+  return optax.chain(*parts)
+
+
+# ----------------------------------------------------------------------------
+# Model and train state.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParts:
+  """What the step functions need besides the state: the static graph and the optimizer."""
+  graphdef: Any
+  tx: optax.GradientTransformation
+  num_params: int
+
+
+def _build(model_cfg, seed):
+  from mambaswelu_jax.models import build_model  # pylint: disable=import-outside-toplevel
+  return build_model(model_cfg, nnx.Rngs(seed))
+
+
+def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh
+                       ) -> tuple[ModelParts, TrainState, Any]:
+  """(parts, state, rest): the state replicated over `mesh`; `rest` holds the model's
+  non-parameter variables (not trained, not checkpointed: rebuilt from the config)."""
+  from mambaswelu_jax.models import count_parameters, weight_decay_mask  # pylint: disable=import-outside-toplevel
+  abstract = nnx.eval_shape(lambda: _build(config.model, config.seed))
+  graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
+  tx = make_optimizer(config.train, config.train.num_steps, weight_decay_mask(abstract_params))
+
+  def init():
+    model = _build(config.model, config.seed)
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    return state, rest
+
+  replicated = NamedSharding(mesh, P())
+  state, rest = jax.jit(init, out_shardings=replicated)()
+  return ModelParts(graphdef, tx, int(count_parameters(abstract_params))), state, rest
+
+
+def merge_model(parts: ModelParts, params: Any, rest: Any) -> nnx.Module:
+  return nnx.merge(parts.graphdef, params, rest)
+
+
+# ----------------------------------------------------------------------------
+# Step functions (per device; wrapped in shard_map below).
+# ----------------------------------------------------------------------------
+
+
+def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-token negative log-likelihood in float32."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
+def train_step(state: TrainState, batch: dict, rest: Any, *, graphdef: Any,
+               tx: optax.GradientTransformation, accum_steps: int,
+               axis_name: str | None = DATA_AXIS) -> tuple[TrainState, dict]:
+  """One optimizer step on this device's slice of the global batch.
+
+  batch["inputs"], batch["targets"]: int32 (accum_steps * micro, L). Gradients of the
+  mean token loss are accumulated in float32 over micro-batches, averaged over the
+  mesh, clipped and applied.
+  """
+  params = state["params"]
+
+  def loss_fn(p, inputs, targets):
+    logits = nnx.merge(graphdef, p, rest)(inputs)
+    return token_nll(logits, targets).mean()
+
+  grad_fn = jax.value_and_grad(loss_fn)
+  inputs, targets = batch["inputs"], batch["targets"]
+  if accum_steps == 1:
+    loss, grads = grad_fn(params, inputs, targets)
+  else:
+    def split(x):
+      return x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:])
+
+    def micro_step(carry, xs):
+      loss_sum, grad_sum = carry
+      loss, grads = grad_fn(params, *xs)
+      return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    (loss, grads), _ = jax.lax.scan(micro_step, (jnp.zeros((), jnp.float32), zeros),
+                                    (split(inputs), split(targets)))
+    loss = loss / accum_steps
+    grads = jax.tree.map(lambda g, p: (g / accum_steps).astype(p.dtype), grads, params)
+  if axis_name is not None:
+    loss, grads = jax.lax.pmean((loss, grads), axis_name)
+  grad_norm = optax.tree.norm(grads)
+  updates, opt_state = tx.update(grads, state["opt_state"], params)
+  new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
+               "opt_state": opt_state}
+  return new_state, {"train_loss": loss, "grad_norm": grad_norm}
+
+
+def eval_step(params: Any, batch: dict, rest: Any, *, graphdef: Any,
+              axis_name: str | None = DATA_AXIS) -> dict:
+  """Weighted sums over this device's slice: nll, tokens, target bytes."""
+  logits = nnx.merge(graphdef, params, rest)(batch["inputs"])
+  nll = token_nll(logits, batch["targets"])
+  w = batch["weights"].astype(jnp.float32)
+  sums = {"nll": jnp.sum(nll * w), "tokens": jnp.sum(w),
+          "bytes": jnp.sum(batch["target_bytes"].astype(jnp.float32) * w)}
+  if axis_name is not None:
+    sums = jax.lax.psum(sums, axis_name)
+  return sums
+
+
+def make_train_step(mesh: Mesh, parts: ModelParts, accum_steps: int) -> Callable:
+  """jit(shard_map(train_step)): state and rest replicated, batch split on `data`;
+  the state argument is donated."""
+  fn = functools.partial(train_step, graphdef=parts.graphdef, tx=parts.tx,
+                         accum_steps=accum_steps)
+  sharded = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
+                          out_specs=(P(), P()), check_vma=False)
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+def make_eval_step(mesh: Mesh, parts: ModelParts) -> Callable:
+  fn = functools.partial(eval_step, graphdef=parts.graphdef)
+  sharded = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=P(),
+                          check_vma=False)
+  return jax.jit(sharded)
+
+
+# ----------------------------------------------------------------------------
+# Host-side helpers.
+# ----------------------------------------------------------------------------
+
+
+def make_mesh(devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def to_global(batch: dict, mesh: Mesh) -> dict:
+  """This process's rows of a batch -> global arrays split on `data`."""
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+_MODEL_KEYS = ("inputs", "targets")
+_EVAL_KEYS = ("inputs", "targets", "weights", "target_bytes")
+
+
+def split_batch(batch: dict, keys=_MODEL_KEYS) -> tuple[dict, dict]:
+  """(arrays for the device, numeric side counters such as skipped-data counts)."""
+  arrays = {k: batch[k] for k in keys}
+  extra = {}
+  for k, v in batch.items():
+    if k in keys:
+      continue
+    a = np.asarray(v)
+    if a.dtype.kind in "iuf" and a.size >= 1:
+      extra[k] = float(a.reshape(-1)[-1]) if a.ndim else float(a)
+  return arrays, extra
+
+
+def _pad_eval_batch(batch: dict, rows: int) -> dict:
+  """Pads a short final validation batch to `rows` rows with zero weight."""
+  n = np.asarray(batch["inputs"]).shape[0]
+  if n == rows:
+    return {k: batch[k] for k in _EVAL_KEYS}
+  out = {}
+  for k in _EVAL_KEYS:
+    v = np.asarray(batch[k])
+    pad = np.zeros((rows - n,) + v.shape[1:], v.dtype)
+    out[k] = np.concatenate([v, pad], 0)
+  return out
+
+
+class _Stopper:
+  """SIGTERM/SIGINT -> a flag the loop polls; the loop saves and exits cleanly."""
+
+  def __init__(self):
+    self.signal = None
+    self._old = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM,):
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    self.signal = signum
+    log.warning("received signal %d: saving a checkpoint and stopping", signum)
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+    return False
+
+
+@dataclasses.dataclass
+class TrainResult:
+  step: int                      # optimizer steps completed
+  preempted: bool                # stopped by SIGTERM (a checkpoint of `step` was saved)
+  final_metrics: dict            # last validation metrics ({} when none ran)
+  state: Any = None              # the final train state (for tests and notebooks)
+  summary: str = ""              # a few lines for the console
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       devices: list | None = None) -> TrainResult:
+  """Trains (or resumes) the run recorded in `workdir`.
+
+  `devices`: the mesh (default: every device of every process, `jax.devices()`).
+  """
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  is_main = jax.process_index() == 0
+
+  # --- Config: validate before anything compiles, then record it in the workdir.
+  devices = list(jax.devices() if devices is None else devices)
+  config = config_validation.resolve(config, num_devices=len(devices),
+                                     process_count=jax.process_count())
+  tc = config.train
+  num_steps = int(tc.num_steps)
+  accum = config_validation.check_batch(config, len(devices), jax.process_count())
+  os.makedirs(workdir, exist_ok=True)
+  resumed_workdir = checkpointing.check_or_record_config(workdir, config, is_main)
+  log_handler = metrics_lib.add_train_log(workdir, is_main)
+  try:
+    return _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main)
+  finally:
+    metrics_lib.remove_train_log(log_handler)
+
+
+def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -> TrainResult:
+  tc, ec = config.train, config.eval
+  mesh = make_mesh(devices)
+  tokens_per_step = int(tc.global_batch_size) * int(config.data.seq_len)
+  log.info("run %s: %d device(s) %s over %d process(es); global batch %d x %d tokens = "
+           "%d per step (micro %d x accumulation %d per device); %d steps",
+           workdir, len(devices), devices[0].device_kind, jax.process_count(),
+           tc.global_batch_size, config.data.seq_len, tokens_per_step,
+           tc.micro_batch_per_device, accum, num_steps)
+
+  # --- Data: tokenizer (checked against the model), train iterator, eval batches.
+  data = run_data.RunData(config, workdir, num_devices=len(devices))
+
+  # --- Model, optimizer, state.
+  parts, state, rest = create_train_state(config, mesh)
+  log.info("model: %s parameters", f"{parts.num_params:,}")
+  train_step_fn = make_train_step(mesh, parts, accum)
+  eval_step_fn = make_eval_step(mesh, parts)
+  schedule = make_schedule(tc, num_steps)
+
+  # --- Checkpoints: resume from the newest one that restores.
+  ckpts = checkpointing.Checkpoints(workdir, config.checkpoint)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          state)
+  restored = ckpts.restore_latest(abstract, data.train_iter)
+  start_step = 0
+  if restored is not None:
+    start_step, state = restored
+    log.info("resumed from %s/checkpoints/%d", workdir, start_step)
+  elif resumed_workdir:
+    log.info("workdir %s has no checkpoint yet: starting from step 0", workdir)
+
+  # --- Metrics.
+  writer = metrics_lib.MetricsWriter(workdir, is_main=is_main, resume_step=start_step)
+  flops = _flops_per_token(config)
+  peak, peak_source = metrics_lib.peak_tflops(devices[0], jax.local_device_count(),
+                                              tc.peak_tflops_per_device)
+  if start_step == 0:
+    hparams = config_validation.flatten(config)
+    hparams["num_params"] = parts.num_params
+    writer.write_hparams(hparams)
+  log.info("FLOPs per token (training) %.3g; peak %.3g TFLOP/s per device from %s",
+           flops, peak, peak_source)
+
+  def evaluate(params, final=False):
+    return _evaluate(eval_step_fn, params, rest, data, mesh, config, final)
+
+  def swelu_and_counts(params):
+    out = {}
+    try:
+      from mambaswelu_jax.models import swelu_scalars  # pylint: disable=import-outside-toplevel
+      out.update(swelu_scalars(merge_model(parts, params, rest)))
+    except ImportError:
+      pass
+    return out
+
+  # --- Loop.
+  step = start_step
+  preempted = False
+  stop_at = int(tc.stop_at_step) or num_steps
+  final_eval: dict = {}
+  pending: list = []           # device metrics since the last log line
+  extra_counts: dict = {}
+  interval_start = time.perf_counter()
+  interval_steps = 0
+  paused = 0.0                 # eval/checkpoint time inside the interval
+  run_start = time.perf_counter()
+  first_step_done = False
+  first_loss = None
+  sample = ""
+  with _Stopper() as stopper:
+    while step < min(stop_at, num_steps):
+      batch = next(data.train_iter)
+      arrays, extra = split_batch(batch)
+      extra_counts.update(extra)
+      state, step_metrics = train_step_fn(state, to_global(arrays, mesh), rest)
+      step += 1
+      pending.append(step_metrics)
+      if not first_step_done:  # compilation: keep it out of the timings
+        jax.block_until_ready(step_metrics)
+        first_step_done = True
+        if step == 1:
+          first_loss = float(jax.device_get(step_metrics["train_loss"]))
+        log.info("first step (compilation included) took %.1f s",
+                 time.perf_counter() - run_start)
+        interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
+      else:
+        interval_steps += 1
+
+      scalars: dict = {}
+      if step % tc.log_every_steps == 0 or step == num_steps:
+        scalars.update(_train_scalars(pending, step_metrics, interval_start, interval_steps,
+                                      paused, tokens_per_step, flops, len(devices), peak,
+                                      schedule, step))
+        scalars.update(swelu_and_counts(state["params"]))
+        scalars.update(_gather_counts(extra_counts))
+        eta = (num_steps - step) * scalars.get("step_time", float("nan"))
+        log.info("step %d/%d  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tokens/s  "
+                 "%.4f s/step  MFU %.2f%%  ETA %s", step, num_steps, scalars["train_loss"],
+                 scalars["learning_rate"], scalars["grad_norm"], scalars["tokens_per_second"],
+                 scalars["step_time"], 100 * scalars["mfu"], _fmt_time(eta))
+        interval_start, interval_steps, paused, pending = time.perf_counter(), 0, 0.0, []
+
+      t0 = time.perf_counter()
+      if (ec.every_steps and step % ec.every_steps == 0) or step == num_steps:
+        final_eval = evaluate(state["params"], final=step == num_steps)
+        scalars.update(final_eval)
+        log.info("step %d  validation loss %.4f  perplexity %.2f  bits/byte %.4f", step,
+                 final_eval["validation_loss"], final_eval["validation_perplexity"],
+                 final_eval["validation_bits_per_byte"])
+      if scalars:
+        writer.write_scalars(step, scalars)
+
+      stop = stopper.signal is not None
+      if jax.process_count() > 1 and not stop:
+        stop = ckpts.reached_preemption(step)
+      if (step % config.checkpoint.every_steps == 0 or stop or step == num_steps
+          or step == stop_at):
+        ckpts.save(step, state, data.train_iter)
+      snap = config.checkpoint.snapshot_every_steps
+      if snap and step % snap == 0:
+        ckpts.save_snapshot(step, state["params"])
+      paused += time.perf_counter() - t0
+      if stop:
+        preempted = True
+        log.warning("stopped by signal at step %d; checkpoint saved. Rerun the same "
+                    "command to resume.", step)
+        break
+
+  # --- End: final params, a text sample.
+  if step >= num_steps and not preempted:
+    ckpts.save_final(step, state["params"])
+    if start_step == num_steps:
+      log.info("run already complete at step %d", step)
+    if ec.sample_tokens > 0:
+      text = sample = sample_text(parts, state["params"], rest, data.tokenizer, ec.sample_prompt,
+                         int(ec.sample_tokens), float(ec.sample_temperature),
+                         int(config.data.seq_len), seed=config.seed)
+      writer.write_texts(step, {"sample": text})
+      log.info("sample (temperature %.2f):\n%s%s", ec.sample_temperature, ec.sample_prompt,
+               text)
+  ckpts.close()
+  writer.close()
+  elapsed = time.perf_counter() - run_start
+  log.info("done at step %d in %s", step, _fmt_time(elapsed))
+  summary = _summary(workdir, step, num_steps, elapsed, preempted, first_loss, final_eval,
+                     config, ec.sample_prompt, sample)
+  return TrainResult(step=step, preempted=preempted, final_metrics=final_eval, state=state,
+                     summary=summary)
+
+
+def _summary(workdir, step, num_steps, elapsed, preempted, first_loss, final_eval, config,
+             prompt, sample) -> str:
+  """What a person wants to read when the run ends."""
+  lines = [f"{workdir}: step {step}/{num_steps} in {_fmt_time(elapsed)}"
+           + (" (stopped by SIGTERM; rerun to resume)" if preempted else "")]
+  vocab = int(config.model.vocab_size)
+  if first_loss is not None:
+    lines.append(f"  first train loss       {first_loss:.3f} nats/token "
+                 f"(ln vocab = ln {vocab} = {math.log(vocab):.3f})")
+  if final_eval:
+    lines.append(f"  validation loss        {final_eval['validation_loss']:.3f} nats/token, "
+                 f"perplexity {final_eval['validation_perplexity']:.2f}, "
+                 f"{final_eval['validation_bits_per_byte']:.3f} bits/byte")
+    if "validation_unigram_entropy" in final_eval:
+      lines.append(f"  unigram entropy        {final_eval['validation_unigram_entropy']:.3f} "
+                   f"nats/token (of the validation tokens: a model that ignores context)")
+  if sample:
+    lines.append(f"  sample: {prompt}{sample}".replace("\n", "\n    "))
+  return "\n".join(lines)
+
+
+def _flops_per_token(config) -> float:
+  try:
+    from mambaswelu_jax.models.flops import flops_per_token  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return float("nan")
+  return float(flops_per_token(config.model, int(config.data.seq_len))["training"])
+
+
+def _train_scalars(pending, last_metrics, interval_start, interval_steps, paused,
+                   tokens_per_step, flops, num_devices, peak, schedule, step) -> dict:
+  fetched = jax.device_get(pending or [last_metrics])
+  loss = float(np.mean([m["train_loss"] for m in fetched]))
+  grad_norm = float(np.mean([m["grad_norm"] for m in fetched]))
+  elapsed = time.perf_counter() - interval_start - paused
+  if interval_steps > 0 and elapsed > 0:
+    step_time = elapsed / interval_steps
+    tps = tokens_per_step / step_time
+  else:
+    step_time, tps = float("nan"), float("nan")
+  tflops = tps * flops / num_devices / 1e12
+  return {"train_loss": loss, "learning_rate": float(schedule(step - 1)),
+          "grad_norm": grad_norm, "tokens_per_second": tps, "step_time": step_time,
+          "tflops_per_device": tflops, "mfu": tflops / peak if peak and peak > 0 else float("nan"),
+          "tokens_seen": float(step * tokens_per_step)}
+
+
+def _gather_counts(counts: dict) -> dict:
+  """Side counters (skipped data) summed over processes."""
+  if not counts:
+    return {}
+  if jax.process_count() == 1:
+    return dict(counts)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  keys = sorted(counts)
+  total = multihost_utils.process_allgather(np.asarray([counts[k] for k in keys], np.float64))
+  return dict(zip(keys, np.asarray(total).reshape(-1, len(keys)).sum(0).tolist()))
+
+
+def _evaluate(eval_step_fn, params, rest, data, mesh, config, final) -> dict:
+  """Validation loss, perplexity and bits per byte over the validation split."""
+  ec = config.eval
+  rows = int(ec.batch_per_device) * len(mesh.local_devices)  # this process's share
+  totals = {"nll": 0.0, "tokens": 0.0, "bytes": 0.0}
+  counts = np.zeros((config.model.vocab_size,), np.float64) if final else None
+  for i, batch in enumerate(data.eval_batches()):
+    if ec.max_batches and i >= ec.max_batches:
+      break
+    batch = _pad_eval_batch(batch, rows)
+    if counts is not None:
+      t = np.asarray(batch["targets"]).reshape(-1)
+      w = np.asarray(batch["weights"], np.float64).reshape(-1)
+      counts += np.bincount(t, weights=w, minlength=counts.shape[0])[:counts.shape[0]]
+    sums = jax.device_get(eval_step_fn(params, to_global(batch, mesh), rest))
+    for k in totals:
+      totals[k] += float(sums[k])
+  if totals["tokens"] == 0:
+    return {}
+  loss = totals["nll"] / totals["tokens"]
+  out = {"validation_loss": loss, "validation_perplexity": math.exp(min(loss, 700.0)),
+         "validation_bits_per_byte": totals["nll"] / (math.log(2) * max(totals["bytes"], 1.0)),
+         "validation_tokens": totals["tokens"]}
+  if counts is not None and counts.sum() > 0:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      counts = np.asarray(multihost_utils.process_allgather(counts)).reshape(
+          -1, counts.shape[0]).sum(0)
+    p = counts[counts > 0] / counts.sum()
+    out["validation_unigram_entropy"] = float(-(p * np.log(p)).sum())
+  return out
+
+
+def _fmt_time(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+# ----------------------------------------------------------------------------
+# Sampling.
+# ----------------------------------------------------------------------------
+
+
+def sample_text(parts: ModelParts, params: Any, rest: Any, tokenizer: Any, prompt: str,
+                num_tokens: int, temperature: float, max_len: int, seed: int = 0) -> str:
+  """A continuation of `prompt`: the recurrent decode step when the model has one,
+  else the full forward pass over a fixed-length window."""
+  model = merge_model(parts, jax.device_get(params), jax.device_get(rest))
+  ids = list(tokenizer.encode(prompt)) if prompt else []
+  bos = getattr(tokenizer, "bos_id", -1)
+  if not ids:
+    ids = [bos if isinstance(bos, int) and bos >= 0 else 0]
+  key = jax.random.key(seed)
+
+  def pick(logits, key):
+    if temperature <= 0:
+      return jnp.argmax(logits, -1)
+    return jax.random.categorical(key, logits / temperature, -1)
+
+  out: list[int] = []
+  if hasattr(model, "init_cache") and hasattr(model, "decode_step"):
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def step(state, token, cache, key):
+      m = nnx.merge(graphdef, state)
+      logits, cache = m.decode_step(token, cache)
+      return pick(logits[0], key), cache
+
+    cache = model.init_cache(1)
+    token = None
+    for i, t in enumerate(ids):
+      key, sub = jax.random.split(key)
+      token, cache = step(state, jnp.asarray([t], jnp.int32), cache, sub)
+    for _ in range(num_tokens):
+      out.append(int(token))
+      key, sub = jax.random.split(key)
+      token, cache = step(state, jnp.asarray([int(token)], jnp.int32), cache, sub)
+  else:
+    graphdef, state = nnx.split(model)
+    window = max_len
+
+    @jax.jit
+    def step(state, buf, pos, key):
+      logits = nnx.merge(graphdef, state)(buf)[0]
+      return pick(logits[pos], key)
+
+    seq = list(ids)
+    for _ in range(num_tokens):
+      ctx = seq[-window:]
+      buf = np.zeros((1, window), np.int32)
+      buf[0, :len(ctx)] = ctx
+      key, sub = jax.random.split(key)
+      token = int(step(state, jnp.asarray(buf), len(ctx) - 1, sub))
+      seq.append(token)
+      out.append(token)
+  return tokenizer.decode(out)

@@ -1,0 +1,302 @@
+"""The trainer end to end on `configs/demo.py:tiny` (a 32k-parameter model, 8 steps):
+train_and_evaluate, the workdir layout, metrics, resume equality, SIGTERM, and the
+same losses on 1, 2 and 4 devices and on two jax.distributed processes."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from configs import demo
+from mambaswelu_jax import checkpointing, train
+from mambaswelu_jax.config_validation import ConfigError
+from mambaswelu_jax.metrics import read_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Runs of one config compile once: later runs (and subprocesses) read the cache."""
+  path = str(tmp_path_factory.mktemp("jax_cache"))
+  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  yield path
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+  os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+  os.environ.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+  """The tiny demo's tokenizer, trained once for this module."""
+  from mambaswelu_jax.data import tokenizer
+  workdir = str(tmp_path_factory.mktemp("tok"))
+  return tokenizer.prepare_tokenizer(demo.get_config("tiny").data, workdir)
+
+
+def tiny(tokenizer_path, **overrides):
+  config = demo.get_config("tiny")
+  config.data.tokenizer_path = tokenizer_path
+  for key, value in overrides.items():
+    block, field = key.split("__")
+    config[block][field] = value
+  return config
+
+
+def params_of(result):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(result.state["params"]))]
+
+
+@pytest.fixture(scope="module")
+def straight(tokenizer_path, tmp_path_factory):
+  """An uninterrupted run of NUM_STEPS steps."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  return workdir, train.train_and_evaluate(tiny(tokenizer_path), workdir)
+
+
+def test_end_to_end(straight):
+  workdir, result = straight
+  assert result.step == NUM_STEPS and not result.preempted
+  m = result.final_metrics
+  assert np.isfinite(m["validation_loss"])
+  assert m["validation_perplexity"] == pytest.approx(np.exp(m["validation_loss"]))
+  assert 0 < m["validation_bits_per_byte"] < 16
+  assert m["validation_loss"] < np.log(512)  # it learned something in 8 steps
+  assert "first train loss" in result.summary and "sample:" in result.summary
+
+
+def test_workdir_layout(straight):
+  workdir, _ = straight
+  names = set(os.listdir(workdir))
+  assert {"config.json", "tokenizer.model", "metrics.jsonl", "train.log", "tensorboard",
+          "checkpoints", "snapshots", "final"} <= names
+  assert not [n for n in names if n.endswith((".pkl", ".pickle"))]
+  # Full states every checkpoint.every_steps (4), with the data iterator.
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [4, 8]
+  step_dir = os.path.join(workdir, "checkpoints", "8")
+  assert {"state", "data"} <= set(os.listdir(step_dir))
+  data_state = json.loads(open(os.path.join(step_dir, "data", "process_0-of-1.json")).read())
+  assert isinstance(data_state, dict) and data_state
+  # Params-only snapshots kept forever, and the final params.
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "snapshots"))) == [4, 8]
+  assert os.listdir(os.path.join(workdir, "snapshots", "4")).count("params") == 1
+  assert os.listdir(os.path.join(workdir, "final")) == ["8"]
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  config = json.loads(open(os.path.join(workdir, "config.json")).read())
+  assert config["train"]["num_steps"] == NUM_STEPS
+
+
+def test_max_to_keep(tokenizer_path, tmp_path):
+  config = tiny(tokenizer_path, checkpoint__every_steps=2, checkpoint__max_to_keep=2,
+                checkpoint__snapshot_every_steps=0, eval__every_steps=0, eval__sample_tokens=0)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == [6, 8]
+  assert os.listdir(tmp_path / "snapshots") == []
+
+
+def test_metrics(straight):
+  workdir, _ = straight
+  records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in records] == [2, 4, 6, 8]  # one object per written step
+  for name in ("train_loss", "learning_rate", "grad_norm", "tokens_per_second", "step_time",
+               "tflops_per_device", "mfu", "skipped_documents"):
+    assert all(name in r for r in records), name
+  for r in records[1:]:
+    assert r["tokens_per_second"] > 0 and r["mfu"] > 0
+  sites = [k for k in records[0] if k.startswith("swelu/")]
+  assert sites and all(k.endswith(("/k", "/lambda")) for k in sites)
+  evals = [r for r in records if "validation_loss" in r]
+  assert [r["step"] for r in evals] == [4, 8]
+  for name in ("validation_perplexity", "validation_bits_per_byte"):
+    assert all(name in r for r in evals)
+  # The warmup-cosine schedule: peak after 2 warmup steps, lower at the end.
+  lrs = [r["learning_rate"] for r in records]
+  assert lrs[0] == pytest.approx(3e-3 / 2, rel=1e-5) and lrs[-1] < lrs[1]
+  log = open(os.path.join(workdir, "train.log")).read()
+  assert "step 8/8" in log and "tokens/s" in log and "ETA" in log and "validation loss" in log
+
+
+def test_resume_equals_straight(straight, tokenizer_path, tmp_path):
+  """N steps, stop, resume, N steps == 2N steps straight: identical parameters."""
+  _, reference = straight
+  workdir = str(tmp_path)
+  first = train.train_and_evaluate(tiny(tokenizer_path, train__stop_at_step=NUM_STEPS // 2),
+                                   workdir)
+  assert first.step == NUM_STEPS // 2
+  assert not os.path.exists(os.path.join(workdir, "final"))
+  second = train.train_and_evaluate(tiny(tokenizer_path), workdir)
+  assert second.step == NUM_STEPS
+  for a, b in zip(params_of(reference), params_of(second)):
+    np.testing.assert_array_equal(a, b)
+  # The metrics file continues where it stopped: one record per step, same losses.
+  ref = read_jsonl(os.path.join(straight[0], "metrics.jsonl"))
+  got = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in got] == [r["step"] for r in ref]
+  assert [r["train_loss"] for r in got] == [r["train_loss"] for r in ref]
+  # A finished run resumed does nothing more.
+  again = train.train_and_evaluate(tiny(tokenizer_path), workdir)
+  assert again.step == NUM_STEPS
+
+
+def test_sigterm_saves_and_resumes(straight, tokenizer_path, tmp_path, monkeypatch):
+  """SIGTERM in the middle of step 3: a checkpoint of step 3, a clean stop, an exact resume."""
+  _, reference = straight
+  calls = {"n": 0}
+  real_split = train.split_batch
+
+  def split_and_signal(batch, *args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_split(batch, *args, **kwargs)
+
+  monkeypatch.setattr(train, "split_batch", split_and_signal)
+  workdir = str(tmp_path)
+  stopped = train.train_and_evaluate(tiny(tokenizer_path), workdir)
+  assert stopped.preempted and stopped.step == 3
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]
+  monkeypatch.setattr(train, "split_batch", real_split)
+  assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
+  resumed = train.train_and_evaluate(tiny(tokenizer_path), workdir)
+  assert resumed.step == NUM_STEPS and not resumed.preempted
+  for a, b in zip(params_of(reference), params_of(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_restore_skips_a_broken_checkpoint(straight, tokenizer_path, tmp_path):
+  """The newest checkpoint does not restore: the one before it is used, with a warning."""
+  import shutil
+  workdir = str(tmp_path / "w")
+  shutil.copytree(straight[0], workdir)
+  shutil.rmtree(os.path.join(workdir, "final"))
+  state_dir = os.path.join(workdir, "checkpoints", "8", "state")
+  for name in os.listdir(state_dir):
+    if name.startswith(("manifest", "_METADATA")):
+      os.remove(os.path.join(state_dir, name))
+  result = train.train_and_evaluate(tiny(tokenizer_path), workdir)
+  assert result.step == NUM_STEPS
+  log = open(os.path.join(workdir, "train.log")).read()
+  assert "checkpoints/8 does not restore, skipping it" in log
+  assert "resumed from" in log and "checkpoints/4" in log
+
+
+def test_workdir_of_another_config_is_refused(straight, tokenizer_path):
+  workdir, _ = straight
+  with pytest.raises(checkpointing.WorkdirConfigMismatch, match="allow_config_change"):
+    train.train_and_evaluate(tiny(tokenizer_path, train__learning_rate=1e-2), workdir)
+
+
+def test_vocab_mismatch_names_the_key(tokenizer_path, tmp_path):
+  config = tiny(tokenizer_path)
+  config.model.vocab_size = 600
+  with pytest.raises(ConfigError, match=r"'model.vocab_size' = 600 .* \(512 tokens\).*"
+                     r"--config.model.vocab_size=512"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_restore_params_for_tools(straight):
+  workdir, result = straight
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          result.state["params"])
+  for kind, want in (("final", 8), ("snapshots", 8), ("checkpoints", 8), ("auto", 8)):
+    step, params = checkpointing.restore_params(workdir, abstract, kind=kind)
+    assert step == want
+    for a, b in zip(jax.tree.leaves(params), params_of(result)):
+      np.testing.assert_array_equal(np.asarray(a), b)
+  step, _ = checkpointing.restore_params(workdir, abstract, step=4, kind="snapshots")
+  assert step == 4
+
+
+# --- devices and processes ---------------------------------------------------------
+
+_DEVICES_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax
+    from configs import demo
+    from mambaswelu_jax import train
+    from mambaswelu_jax.metrics import read_jsonl
+    tokenizer_path, out = sys.argv[1], sys.argv[2]
+    losses = {}
+    for n in (2, 4):
+      config = demo.get_config("tiny")
+      config.data.tokenizer_path = tokenizer_path
+      config.eval.sample_tokens = 0
+      config.eval.batch_per_device = 4 // n   # the same validation batches everywhere
+      result = train.train_and_evaluate(config, f"{out}/{n}", devices=jax.devices()[:n])
+      losses[n] = {"train": [r["train_loss"] for r in read_jsonl(f"{out}/{n}/metrics.jsonl")],
+                   "validation": result.final_metrics["validation_loss"]}
+    json.dump(losses, open(f"{out}/losses.json", "w"))
+""")
+
+
+def _env(devices):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return env
+
+
+def test_one_two_four_devices_same_losses(straight, tokenizer_path, tmp_path):
+  """Global batch 8 as 1x(2x4 accumulation) (this process), 2x(2x2) and 4x(2x1) (a
+  subprocess with 4 CPU devices): the same trajectory."""
+  workdir, one = straight
+  r = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT, tokenizer_path, str(tmp_path)],
+                     cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=400)
+  assert r.returncode == 0, r.stderr[-4000:]
+  losses = json.load(open(tmp_path / "losses.json"))
+  train_one = [r["train_loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+  for n in ("2", "4"):
+    np.testing.assert_allclose(losses[n]["train"], train_one, rtol=2e-5)
+    np.testing.assert_allclose(losses[n]["validation"], one.final_metrics["validation_loss"],
+                               rtol=2e-5)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tokenizer_path, tmp_path):
+  """Two jax.distributed processes (one CPU device each) on localhost train exactly
+  like one process with two devices."""
+  common = ["--config=configs/demo.py:tiny", f"--config.data.tokenizer_path={tokenizer_path}",
+            "--config.eval.sample_tokens=0"]
+  one = subprocess.run([sys.executable, "-m", "mambaswelu_jax.main", *common,
+                        f"--workdir={tmp_path / 'one'}"], cwd=ROOT, env=_env(2),
+                       capture_output=True, text=True, timeout=400)
+  assert one.returncode == 0, one.stderr[-4000:]
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, "-m", "mambaswelu_jax.main", *common,
+                             f"--workdir={tmp_path / 'two'}",
+                             f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                             f"--process_id={i}"], cwd=ROOT, env=_env(1),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=400) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-4000:]
+  a = read_jsonl(str(tmp_path / "one" / "metrics.jsonl"))
+  b = read_jsonl(str(tmp_path / "two" / "metrics.jsonl"))
+  assert [r["step"] for r in a] == [r["step"] for r in b]
+  np.testing.assert_allclose([r["train_loss"] for r in b], [r["train_loss"] for r in a],
+                             rtol=2e-5)
+  va = [r["validation_loss"] for r in a if "validation_loss" in r]
+  vb = [r["validation_loss"] for r in b if "validation_loss" in r]
+  np.testing.assert_allclose(vb, va, rtol=2e-5)
+  assert os.listdir(tmp_path / "two" / "checkpoints" / "8" / "data") and sorted(
+      n for n in os.listdir(tmp_path / "two" / "checkpoints" / "8" / "data")
+      if n.endswith(".json")) == ["process_0-of-2.json", "process_1-of-2.json"]
