@@ -27,6 +27,8 @@ setup(
         "zstandard",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis"],
+        "test": ["pytest", "hypothesis", "matplotlib", "scipy"],
+        # experiments/: the study's report figures (compare.py, run_study.py).
+        "study": ["matplotlib", "scipy"],
     },
 )

@@ -1,0 +1,214 @@
+r"""The whole study in one command: tokenizer, three runs, evaluation, generations, report.
+
+  python experiments/run_study.py --scale=toy --root=runs/toy --out=docs/toy_study
+  python experiments/run_study.py --scale=full --root=runs --out=report --stage=evaluate,generate,benchmarks,report
+
+--scale=toy is the demo of the study on a CPU: the embedded corpus (a mixture of text
+types, docstrings + code, and a single type, docstrings only), two token budgets
+(configs/toy_study.py), one shared tokenizer, the three runs launched together through
+launch_study (detached processes, pid files, logs under ROOT/logs), watched with the
+monitor (its table is saved mid-run to ROOT/monitor_during_run.txt), then evaluated,
+sampled and compared into OUT/README.md. A rerun resumes: finished runs are kept,
+dead ones restart from their checkpoints.
+
+--scale=full drives the real study's post-training stages on ROOT (launch it with
+experiments/launch_study.py on the GPU machine; the `train` stage here launches it too
+and waits).
+
+Stages (--stage, comma-separated; default all): tokenizer, train, evaluate, benchmarks,
+generate, report. Timings go to ROOT/study_timing.json and into the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments import compare as compare_lib  # pylint: disable=wrong-import-position
+from experiments import launch_study  # pylint: disable=wrong-import-position
+from experiments import monitor  # pylint: disable=wrong-import-position
+from experiments.study_lib import collect  # pylint: disable=wrong-import-position
+from experiments.study_lib import runs as runs_lib  # pylint: disable=wrong-import-position
+
+STAGES = ("tokenizer", "train", "evaluate", "benchmarks", "generate", "report")
+
+
+def train_study_tokenizer(path: str, vocab_size: int = 1024, sample_bytes: int = 2_000_000,
+                          log=print) -> str:
+  """One tokenizer for the toy study, trained on the mixture's train split (both types),
+  so the single-type run is scored in the same units as the mixture runs."""
+  if os.path.exists(path):
+    log(f"tokenizer: {path} exists, kept")
+    return path
+  from mambaswelu_jax.data import sources  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.data import tokenizer as tok_lib  # pylint: disable=import-outside-toplevel
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  src = sources.make_source({"source": "embedded", "validation_fraction": 0.05,
+                             "test_fraction": 0.05})
+  size = src.estimated_bytes("train")
+  keep = min(1.0, 1.25 * sample_bytes / size) if size else 1.0
+  t0 = time.time()
+  tok_lib.train_tokenizer(tok_lib.sample_texts(src.documents("train"), sample_bytes,
+                                               keep_fraction=keep),
+                          vocab_size=vocab_size, output_path=path,
+                          description={"sources": ["embedded (docstring + code)"],
+                                       "study": "toy"})
+  log(f"tokenizer: trained {path} ({vocab_size} pieces) in {time.time() - t0:.0f} s")
+  return path
+
+
+def wait_for_runs(root: str, specs, *, poll: float = 15.0, snapshot_path: str = "",
+                  snapshot_at: float = 0.5, timeout: float = 0, log=print) -> bool:
+  """Polls the monitor until every run is done or one is dead/diverging.
+
+  Saves one monitor table to `snapshot_path` once every run is `snapshot_at` through, the 'monitor on a running study' record. Returns True when all finished.
+  """
+  args = argparse.Namespace(root=root, scale="toy" if specs is runs_lib.TOY else "full",
+                            runs=",".join(s.name for s in specs), json=False, stall_minutes=30,
+                            window=5, divergence_nats=1.0)
+  saved = False
+  start = time.time()
+  last_print = 0.0
+  while True:
+    text, code, statuses = monitor.snapshot(args)
+    slowest = min((s.percent or 0.0) for s in statuses) if statuses else 0.0
+    if snapshot_path and not saved and slowest >= 100 * snapshot_at and any(
+        s.state == "running" for s in statuses):
+      with open(snapshot_path, "w", encoding="utf-8") as f:
+        f.write(text + f"\n(exit status {code})\n")
+      saved = True
+      log(f"monitor table saved to {snapshot_path}")
+    if time.time() - last_print > 60:
+      log(text)
+      last_print = time.time()
+    if all(s.state == "done" for s in statuses):
+      return True
+    bad = [s for s in statuses if s.state in ("dead", "diverging")]
+    if bad:
+      log(text)
+      log(f"stopping the wait: {', '.join(f'{s.name} {s.state} ({s.reason})' for s in bad)}")
+      return False
+    if timeout and time.time() - start > timeout:
+      log("timed out waiting for the runs")
+      return False
+    time.sleep(poll)
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                               formatter_class=argparse.RawDescriptionHelpFormatter,
+                               epilog=__doc__.split("\n\n", 1)[1])
+  ap.add_argument("--scale", default="toy", choices=sorted(runs_lib.SCALES))
+  ap.add_argument("--root", default="runs/toy")
+  ap.add_argument("--out", default="report")
+  ap.add_argument("--stage", default="all", help=f"comma-separated subset of {STAGES}")
+  ap.add_argument("--devices", default=None, help="device groups (see launch_study.py); "
+                  "default: none for the toy, 0,1:2,3:4,5 for the full study")
+  ap.add_argument("--eval_tokens", type=int, default=16384,
+                  help="targets per split (and per text type) in the evaluation stage")
+  ap.add_argument("--gen_tokens", type=int, default=64)
+  ap.add_argument("--gen_samples", type=int, default=3)
+  ap.add_argument("--poll", type=float, default=15.0)
+  ap.add_argument("--override", action="append", default=[],
+                  help="extra --config.x=y for every run (repeatable), e.g. a shorter smoke test")
+  args = ap.parse_args(argv)
+  stages = STAGES if args.stage == "all" else tuple(s.strip() for s in args.stage.split(","))
+  unknown = [s for s in stages if s not in STAGES]
+  if unknown:
+    ap.error(f"unknown stage(s) {unknown}; choose from {STAGES}")
+  root = os.path.abspath(args.root)
+  os.makedirs(root, exist_ok=True)
+  specs = runs_lib.SCALES[args.scale]
+  timing_path = os.path.join(root, "study_timing.json")
+  timing = runs_lib.load_json(timing_path) or {}
+  t_all = time.time()
+
+  def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+  def timed(stage, fn):
+    t0 = time.time()
+    out = fn()
+    timing[stage] = round(time.time() - t0, 1)
+    with open(timing_path, "w", encoding="utf-8") as f:
+      json.dump(timing, f, indent=1)
+    log(f"stage {stage}: {timing[stage]:.0f} s")
+    return out
+
+  extra = list(args.override)
+  if args.scale == "toy":
+    tok_path = os.path.join(root, "tokenizer", "toy_study.model")
+    extra = [f"--config.data.tokenizer_path={tok_path}"] + extra
+    if "tokenizer" in stages:
+      timed("tokenizer", lambda: train_study_tokenizer(tok_path, log=log))
+
+  if "train" in stages:
+    def train():
+      devices = args.devices or ("none" if args.scale == "toy" else runs_lib.DEFAULT_DEVICES)
+      env = {"JAX_PLATFORMS": "cpu"} if args.scale == "toy" else None
+      code = launch_study.launch(root, specs, runs_lib.parse_devices(devices, len(specs)),
+                                 extra=tuple(extra), env_extra=env, out=log)
+      if code:
+        log("some runs were already running; waiting for them")
+      return wait_for_runs(root, specs, poll=args.poll,
+                           snapshot_path=os.path.join(root, "monitor_during_run.txt"), log=log)
+    ok = timed("train", train)
+    if not ok:
+      log("not every run finished; later stages use what exists")
+
+  runs = collect.load_study(root, specs)
+  bench_note = ""
+  if "evaluate" in stages and runs:
+    from experiments.study_lib import postprocess  # pylint: disable=import-outside-toplevel
+    timed("evaluate", lambda: postprocess.evaluate_study(runs, max_tokens=args.eval_tokens,
+                                                         log=log))
+  if "benchmarks" in stages and runs:
+    from experiments.study_lib import postprocess  # pylint: disable=import-outside-toplevel
+    bench_note = timed("benchmarks", lambda: postprocess.benchmarks_study(runs, log=log))
+    timing["benchmarks_note"] = bench_note
+  if "generate" in stages and runs:
+    from experiments.study_lib import postprocess  # pylint: disable=import-outside-toplevel
+    timed("generate", lambda: postprocess.generate_study(
+        runs, max_new_tokens=args.gen_tokens, num_samples=args.gen_samples, log=log))
+  if "report" in stages:
+    total = sum(v for k, v in timing.items() if isinstance(v, (int, float)))
+    notes = []
+    if args.scale == "toy":
+      from configs import toy_study  # pylint: disable=import-outside-toplevel
+      long_r, short_r = toy_study.LONG_TOKENS_PER_PARAMETER, toy_study.SHORT_TOKENS_PER_PARAMETER
+      notes.append(
+          "Toy scale: a small MambaSWELU (configs/toy_study.py) on the Python standard library's "
+          "docstrings and code (no download). 'SlimPajama' is the mixture of both text types, "
+          "'Wikipedia' the docstrings alone, and the 100x/20x token ratios are scaled to "
+          f"{long_r:g}x/{short_r:g}x (the same {long_r / short_r:g}:1 ratio) so the study runs "
+          "in minutes on a CPU. The numbers demonstrate the pipeline and how the report reads; "
+          "they say nothing about the 124M study's outcome.")
+    stage_times = ", ".join(f"{k} {v:.0f} s" for k, v in timing.items()
+                            if isinstance(v, (int, float)))
+    notes.append(f"Wall time of the stages that produced this report: {stage_times} "
+                 f"(total {total / 60:.1f} min, on {os.cpu_count()} CPU core(s) shared with "
+                 f"other jobs).")
+    snap = os.path.join(root, "monitor_during_run.txt")
+    if os.path.exists(snap):
+      with open(snap, encoding="utf-8") as f:
+        notes.append("The monitor during training (`python experiments/monitor.py --root=ROOT "
+                     "--scale=toy`):\n>\n> ```\n" + "\n".join(
+                         "> " + line for line in f.read().rstrip().splitlines())
+                     + "\n> ```")
+    bench_note = bench_note or timing.get("benchmarks_note", "")
+    cmd = "python experiments/run_study.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    path = timed("report", lambda: compare_lib.compare(
+        root, args.out, scale=args.scale, notes=notes, benchmark_note=bench_note, command=cmd))
+    log(f"report: {path}")
+  log(f"done in {(time.time() - t_all) / 60:.1f} min")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

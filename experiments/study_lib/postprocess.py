@@ -1,0 +1,252 @@
+"""After training: the evaluations, cross-evaluations and generations the report reads.
+
+  evaluate_study(runs, ...)   for every run, eval/<step>.json at its final step and at the
+                              steps the long runs share (validation and test, per text
+                              type); the specific run also on the general run's data
+                              ("cross" in the same file), so H1 and H3 compare like with
+                              like; study_run.json with role, parameters and epochs.
+  generate_study(runs, ...)   shared prompts sampled from every run's final params, the
+                              diversity measures, and each sample's perplexity under every
+                              run (self- and cross-perplexity) -> generations.json.
+  benchmarks_study(runs, ...) lm-eval's four tasks when lm-eval and its datasets are
+                              available; otherwise the reason, for the report.
+
+Imports JAX and the evaluation modules (mambaswelu_jax.eval / generate) when called.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+from experiments.study_lib import collect
+from experiments.study_lib import quality
+from experiments.study_lib import runs as runs_lib
+
+PROMPTS = ("The future of artificial intelligence is", "def ", "Return the")
+BENCHMARKS = ("lambada_openai", "hellaswag", "piqa", "winogrande")
+
+
+def _write_json(path: str, doc: dict) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(doc, f, indent=1, sort_keys=True, default=float)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _merge_cross(path: str, label: str, split: str, result: dict) -> None:
+  doc = runs_lib.load_json(path) or {}
+  doc.setdefault("cross", {}).setdefault(label, {})[split] = result
+  _write_json(path, doc)
+
+
+def comparison_steps(runs) -> dict:
+  """{run name: [steps to evaluate]}: the final step of every run, plus for the long runs
+  the snapshot steps they share nearest to half their length and to the short run's
+  final token count (equal-token comparisons)."""
+  out = {r.name: ([r.final_steps[-1]] if r.final_steps else []) for r in runs}
+  longs = [r for r in runs if r.role in ("general_long", "specific_long")]
+  short = next((r for r in runs if r.role == "general_short"), None)
+  if len(longs) >= 2:
+    common = sorted(set.intersection(*(set(r.snapshots) for r in longs)))
+    if common:
+      total = max(common)
+      wanted = [total * 0.5]
+      if short is not None and short.final_steps and longs[0].tokens_per_step:
+        wanted.append(short.final_steps[-1] * short.tokens_per_step / longs[0].tokens_per_step)
+      picks = {min(common, key=lambda s, w=w: abs(s - w)) for w in wanted}
+      for r in longs:
+        out[r.name] = sorted(set(out[r.name]) | picks)
+  return out
+
+
+def _train_split_tokens(run, bytes_per_token: float | None) -> float | None:
+  """Tokens in the run's training split (embedded source: from its byte size)."""
+  if not bytes_per_token:
+    return None
+  if run.cfg("data", "source") != "embedded":
+    return None
+  from mambaswelu_jax.data import sources  # pylint: disable=import-outside-toplevel
+  src = sources.make_source(run.config["data"])
+  b = src.estimated_bytes("train")
+  return b / bytes_per_token if b else None
+
+
+def _combine(by_type: dict) -> dict:
+  """Overall figures from per-type ones (token-weighted nll, summed bytes)."""
+  nll = sum(f["loss"] * f["tokens"] for f in by_type.values() if f.get("tokens"))
+  tokens = sum(f.get("tokens", 0) for f in by_type.values())
+  nbytes = sum(f.get("bytes", 0) for f in by_type.values())
+  loss = nll / tokens if tokens else float("nan")
+  return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)) if tokens else float("nan"),
+          "bits_per_byte": nll / (math.log(2) * nbytes) if nbytes else float("nan"),
+          "tokens": tokens, "bytes": nbytes, "by_type": by_type,
+          "note": "per-type evaluations, each capped at the same token count, combined"}
+
+
+def evaluate_study(runs, *, max_tokens: int = 16384, log=print) -> dict:
+  """Evaluates the study's runs in this process; returns {run: [steps evaluated]}.
+
+  Per run: `python -m mambaswelu_jax.eval`'s evaluation of its own validation and test
+  splits at its final step (first `max_tokens` targets of each, in source order); and at
+  the final step and the comparison steps, every text type of the general run's data
+  evaluated separately on the same documents for every run (each type capped at
+  `max_tokens`), stored under eval/<step>.json "cross" -> <general data> so per-type
+  comparisons rest on identical, type-balanced text.
+  """
+  from mambaswelu_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.data import sources  # pylint: disable=import-outside-toplevel
+  plan = comparison_steps(runs)
+  general = next((r for r in runs if r.role == "general_long"), None) or next(
+      (r for r in runs if r.role == "general_short"), None)
+  gen_src = sources.make_source(general.config["data"]) if general is not None else None
+  label = general.data_name if general is not None else None
+  done = {}
+  for r in runs:
+    steps = plan.get(r.name) or []
+    if not steps:
+      log(f"{r.name}: no final params yet; not evaluated")
+      continue
+    t0 = time.time()
+    final_step = r.final_steps[-1]
+    results = eval_lib.evaluate_run(r.workdir, final_step, splits=("validation", "test"),
+                                    max_tokens=max_tokens, log=lambda m: None)
+    if gen_src is not None:
+      config, tok = eval_lib.load_config_and_tokenizer(r.workdir)
+      for s in steps:
+        run = eval_lib.load_run(r.workdir, s, config=config, tokenizer=tok)
+        path = eval_lib.results_path(r.workdir, s)
+        if not os.path.exists(path):  # a comparison step: record what it is
+          eval_lib.write_results(path, {"workdir": r.workdir, "step": s, "checkpoint": run.kind,
+                                        "tokens_seen": s * run.tokens_per_step, "splits": {},
+                                        "benchmarks": {}})
+        for split in (("validation", "test") if s == final_step else ("validation",)):
+          by_type = {}
+          for t in gen_src.text_types:
+            res = eval_lib.evaluate_split(run, split, max_tokens=max_tokens,
+                                          source=sources.TypeFilteredSource(gen_src, [t]))
+            by_type[t] = {k: res[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens",
+                                              "bytes")}
+          _merge_cross(path, label, split, _combine(by_type))
+    # Facts for the report: parameters, epochs.
+    final = results[-1] if results else {}
+    val = final.get("splits", {}).get("validation", {})
+    bpt = (val.get("bytes") / val.get("tokens")) if val.get("tokens") else None
+    info = runs_lib.load_json(os.path.join(r.workdir, "study_run.json")) or {}
+    info.update({"role": r.role, "label": r.label})
+    try:
+      from mambaswelu_jax import config_validation  # pylint: disable=import-outside-toplevel
+      import ml_collections  # pylint: disable=import-outside-toplevel
+      info["num_params"] = config_validation.parameter_count(
+          ml_collections.ConfigDict(r.config["model"]))
+    except Exception as e:  # pylint: disable=broad-except
+      log(f"{r.name}: parameter count unavailable ({e})")
+    split_tokens = _train_split_tokens(r, bpt)
+    if split_tokens:
+      info["train_split_tokens_estimate"] = split_tokens
+      info["epochs"] = r.tokens_seen / split_tokens
+    _write_json(os.path.join(r.workdir, "study_run.json"), info)
+    done[r.name] = steps
+    log(f"{r.name}: evaluated step {final_step} on its own data and steps {steps} per text "
+        f"type of {label} in {time.time() - t0:.0f} s")
+  return done
+
+
+def _perplexity(run, contexts_and_samples) -> float:
+  from mambaswelu_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
+  reqs = [(c, s) for c, s in contexts_and_samples if s]
+  if not reqs:
+    return float("nan")
+  scores = eval_lib.score_sequences(run, reqs, batch_size=8)
+  n = sum(len(s) for _, s in reqs)
+  return math.exp(-sum(lp for lp, _ in scores) / n)
+
+
+def generate_study(runs, *, prompts=PROMPTS, max_new_tokens: int = 64, num_samples: int = 3,
+                   temperature: float = 0.8, seed: int = 0, log=print) -> None:
+  from mambaswelu_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import generate as generate_lib  # pylint: disable=import-outside-toplevel
+  loaded = {}
+  for r in runs:
+    if r.final_steps:
+      loaded[r.name] = eval_lib.load_run(r.workdir, r.final_steps[-1])
+  if not loaded:
+    log("no run has final params: no generations")
+    return
+  samples = {}
+  for name, run in loaded.items():
+    gen = generate_lib.Generator(run)
+    per_prompt, ids = [], []
+    for p in prompts:
+      g = gen.generate(p, max_new_tokens, num_samples=num_samples, temperature=temperature,
+                       seed=seed)
+      per_prompt.append({"prompt": p, "samples": g.texts,
+                         "tokens_per_second": g.tokens_per_second})
+      ctx = gen.encode_prompt(p)
+      ids += [(ctx, t) for t in g.tokens]
+    samples[name] = (per_prompt, ids)
+  for name, (per_prompt, ids) in samples.items():
+    run = loaded[name]
+    texts = [t for p in per_prompt for t in p["samples"]]
+    doc = {"step": run.step, "settings": {"max_new_tokens": max_new_tokens,
+                                          "num_samples": num_samples, "temperature": temperature,
+                                          "seed": seed},
+           "prompts": per_prompt,
+           "measures": {"all": quality.measures(texts),
+                        **{p["prompt"]: quality.measures(p["samples"]) for p in per_prompt}},
+           "self_perplexity": _perplexity(run, ids),
+           "cross_perplexity": {other: _perplexity(loaded[other], ids)
+                                for other in loaded if other != name}}
+    _write_json(os.path.join(run.workdir, "generations.json"), doc)
+    log(f"{name}: {len(texts)} samples, distinct-2 {doc['measures']['all']['distinct_2']:.3f}, "
+        f"self-perplexity {doc['self_perplexity']:.2f}")
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+  """Whether the Hub resolves and accepts a connection (lm-eval's datasets live there)."""
+  if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+    return False
+  import socket  # pylint: disable=import-outside-toplevel
+  try:
+    with socket.create_connection((host, 443), timeout=timeout):
+      return True
+  except OSError:
+    return False
+
+
+def benchmarks_study(runs, *, limit: int = 0, log=print) -> str:
+  """Runs lm-eval's four tasks on each run's final params when possible.
+
+  Returns a note for the report: what ran, or why nothing did."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  if importlib.util.find_spec("lm_eval") is None:
+    return ("lm-eval is not installed here (`pip install -e '.[eval]'`), and its task "
+            "datasets (LAMBADA, HellaSwag, PIQA, WinoGrande) come from the Hugging Face Hub, "
+            "which this machine cannot reach: no benchmark was run.")
+  if not hub_reachable():
+    return ("lm-eval is installed, but its task datasets (LAMBADA, HellaSwag, PIQA, "
+            "WinoGrande) come from the Hugging Face Hub, which this machine cannot reach "
+            "(huggingface.co does not resolve): no benchmark was run.")
+  from mambaswelu_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
+  notes = []
+  for r in runs:
+    if not r.final_steps:
+      continue
+    try:
+      eval_lib.evaluate_run(r.workdir, r.final_steps[-1], splits=(), benchmarks=BENCHMARKS,
+                            benchmark_limit=limit, log=lambda m: None)
+      notes.append(f"{r.name}: benchmarks run")
+    except Exception as e:  # pylint: disable=broad-except
+      notes.append(f"{r.name}: benchmarks failed ({type(e).__name__}: {str(e)[:200]})")
+  for n in notes:
+    log(n)
+  return "; ".join(notes)
+
+
+def reload(runs):
+  """Fresh RunData for the same workdirs (after files were written)."""
+  specs = {s.name: s for scale in runs_lib.SCALES.values() for s in scale}
+  return [collect.RunData.load(r.workdir, specs.get(r.name)) for r in runs]

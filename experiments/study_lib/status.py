@@ -1,0 +1,209 @@
+"""What the monitor knows about a run: liveness, progress, loss, health.
+
+`run_status(root, name)` reads only files (metrics.jsonl, config.json, checkpoint
+directories, pid files) and /proc, so it works on any machine that sees the study
+root, with or without GPUs, while the runs write.
+
+Health verdicts (`RunStatus.state`):
+  running     the process lives and its metrics moved recently
+  stalled     the process lives but nothing was written for `stall_seconds`
+  diverging   the loss is non-finite, or its recent mean sits `divergence_nats` above
+              the best recent mean seen so far (a spike that does not come back down)
+  dead        no live process, the run not finished (crashed, killed, or stopped)
+  done        final params saved at the last step
+  not started nothing on disk yet
+`problem` is True for dead, diverging and stalled: the monitor's exit status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any
+
+from experiments.study_lib import runs as runs_lib
+
+# metrics.jsonl writes +-inf as +-1e308 and NaN as null.
+_BIG = 1e300
+
+
+def finite(x) -> bool:
+  return isinstance(x, (int, float)) and math.isfinite(x) and abs(x) < _BIG
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  try:
+    from mambaswelu_jax.metrics import read_jsonl  # pylint: disable=import-outside-toplevel
+  except ImportError:  # the metrics module not importable here: same format
+    import json  # pylint: disable=import-outside-toplevel
+
+    def read_jsonl(p):
+      out = []
+      with open(p, encoding="utf-8") as f:
+        for line in f:
+          try:
+            out.append(json.loads(line))
+          except ValueError:
+            break
+      return out
+  return read_jsonl(path)
+
+
+def ema(values: list[float], alpha: float = 0.1) -> list[float]:
+  """Exponential moving average, skipping non-finite values (they keep the last mean)."""
+  out, m = [], None
+  for v in values:
+    if finite(v):
+      m = v if m is None else (1 - alpha) * m + alpha * v
+    out.append(m if m is not None else float("nan"))
+  return out
+
+
+def divergence(losses: list[Any], window: int = 5, nats: float = 1.0) -> str | None:
+  """Why a train-loss series looks divergent, or None.
+
+  Non-finite last value; or the mean of the last `window` values more than `nats`
+  above the lowest mean of any earlier window (a rise that has not come back).
+  """
+  if not losses:
+    return None
+  last = losses[-1]
+  if not finite(last):
+    return f"last train loss is {last!r} (non-finite)"
+  vals = [v for v in losses if finite(v)]
+  if len(vals) < 2 * window:
+    return None
+  means = [sum(vals[i:i + window]) / window for i in range(len(vals) - window + 1)]
+  recent, best = means[-1], min(means[:-window] or means[:1])
+  if recent > best + nats:
+    return (f"train loss rose: mean of last {window} records {recent:.3f} vs best "
+            f"{best:.3f} (> +{nats:g} nats)")
+  return None
+
+
+@dataclasses.dataclass
+class RunStatus:
+  name: str
+  state: str = "not started"
+  pid: int | None = None
+  exit_code: int | None = None
+  step: int | None = None
+  total: int | None = None
+  loss: float | None = None
+  loss_smoothed: float | None = None
+  tokens_per_second: float | None = None
+  eta_seconds: float | None = None
+  checkpoint_step: int | None = None
+  checkpoint_age: float | None = None
+  validation_perplexity: float | None = None
+  validation_step: int | None = None
+  skipped: dict = dataclasses.field(default_factory=dict)
+  nonfinite: int = 0
+  reason: str = ""
+  metrics_age: float | None = None
+  devices: str | None = None
+  restarts: int = 0
+
+  @property
+  def percent(self) -> float | None:
+    if self.step is None or not self.total:
+      return None
+    return 100.0 * self.step / self.total
+
+  @property
+  def problem(self) -> bool:
+    return self.state in ("dead", "diverging", "stalled")
+
+
+def run_status(root: str, name: str, *, now: float | None = None, stall_seconds: float = 1800,
+               window: int = 5, divergence_nats: float = 1.0) -> RunStatus:
+  now = time.time() if now is None else now
+  p = runs_lib.paths(root, name)
+  st = RunStatus(name)
+  wd = p.workdir
+  info = runs_lib.read_pidfile(p)
+  st.devices = (info or {}).get("devices")
+  st.restarts = max(0, sum(1 for e in runs_lib.read_history(p)
+                           if e.get("event") in ("start", "restart")) - 1)
+  st.pid = runs_lib.running_pid(p)
+  st.exit_code = runs_lib.last_exit(p)
+  st.total = runs_lib.num_steps(wd)
+
+  records = read_metrics(wd)
+  losses = [r.get("train_loss") for r in records if "train_loss" in r]
+  st.nonfinite = sum(1 for v in losses if not finite(v))
+  if records:
+    st.step = int(records[-1].get("step", 0))
+    try:
+      st.metrics_age = now - os.path.getmtime(os.path.join(wd, "metrics.jsonl"))
+    except OSError:
+      pass
+  if losses:
+    st.loss = losses[-1] if finite(losses[-1]) else float("nan")
+    sm = ema(losses)
+    st.loss_smoothed = sm[-1]
+  train_recs = [r for r in records if "tokens_per_second" in r]
+  if train_recs:
+    tps = train_recs[-1].get("tokens_per_second")
+    st.tokens_per_second = tps if finite(tps) else None
+    step_time = train_recs[-1].get("step_time")
+    if st.total and st.step is not None and finite(step_time):
+      st.eta_seconds = max(0, st.total - st.step) * step_time
+  vals = [r for r in records if finite(r.get("validation_perplexity"))]
+  if vals:
+    st.validation_perplexity = vals[-1]["validation_perplexity"]
+    st.validation_step = int(vals[-1]["step"])
+  for r in records:  # the latest value of every skipped-* counter
+    for k, v in r.items():
+      if "skipped" in k and isinstance(v, (int, float)):
+        st.skipped[k] = v
+  ckpts = runs_lib.saved_steps(wd, "checkpoints")
+  if ckpts:
+    st.checkpoint_step = ckpts[-1]
+    try:
+      st.checkpoint_age = now - os.path.getmtime(os.path.join(wd, "checkpoints", str(ckpts[-1])))
+    except OSError:
+      pass
+
+  # --- The verdict.
+  why = divergence(losses, window, divergence_nats)
+  if runs_lib.finished(wd):
+    st.state = "done"
+  elif why:
+    st.state, st.reason = "diverging", why
+  elif st.pid is not None:
+    started = (info or {}).get("started") or now
+    last_write = now - st.metrics_age if st.metrics_age is not None else started
+    quiet = now - max(started, last_write)
+    if quiet > stall_seconds:
+      st.state, st.reason = "stalled", f"no metrics for {_fmt_age(quiet)}"
+    else:
+      st.state = "running"
+  elif info is not None or os.path.exists(os.path.join(wd, "config.json")):
+    st.state = "dead"
+    st.reason = (f"exit status {st.exit_code}" if st.exit_code is not None
+                 else "process gone (no exit status recorded)")
+    if st.exit_code == 143:
+      st.reason += " (stopped by SIGTERM after a checkpoint; relaunch to resume)"
+  return st
+
+
+def _fmt_age(seconds: float | None) -> str:
+  if seconds is None or not math.isfinite(seconds):
+    return "-"
+  seconds = int(seconds)
+  if seconds < 120:
+    return f"{seconds}s"
+  if seconds < 7200:
+    return f"{seconds // 60}m"
+  if seconds < 172800:
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+  return f"{seconds // 86400}d{(seconds % 86400) // 3600}h"
+
+
+fmt_age = _fmt_age
