@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 100
   config.train.stop_at_step = 0        # >0: checkpoint and stop there (resume later); schedule unchanged
   config.train.peak_tflops_per_device = 0.0  # 0 -> from the device kind (for MFU)
+  config.train.data_streams = 0        # data streams making the global batch; 0 -> one per process
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 5000  # full state (params, optimizer, data iterator)

@@ -152,6 +152,13 @@ def check_batch(config: ml_collections.ConfigDict, num_devices: int,
     raise ConfigError(
         f"config key 'train.global_batch_size' = {g} is not divisible by the "
         f"{process_count} processes of this run; use a multiple of {process_count}.")
+  s = int(t.get("data_streams", 0))
+  _require(s >= 0, "train.data_streams", s, "it must be >= 0 (0: one per process)")
+  if s and (s % process_count or g % s):
+    raise ConfigError(
+        f"config key 'train.data_streams' = {s} must be a multiple of the {process_count} "
+        f"process(es) and divide train.global_batch_size = {g}; use one of "
+        f"{[d for d in _divisors(g) if d % process_count == 0]} (or 0: one per process).")
   return g // (m * num_devices)
 
 

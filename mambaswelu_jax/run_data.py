@@ -8,15 +8,56 @@ trained on the source) while the others wait, then every process loads it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
 import jax
 import ml_collections
+import numpy as np
 
 from mambaswelu_jax.config_validation import ConfigError
 
 log = logging.getLogger("mambaswelu_jax.run_data")
+
+
+def data_streams(config: ml_collections.ConfigDict, process_count: int | None = None) -> int:
+  """How many independent data streams make the global batch (train.data_streams, or one
+  per process). The batches depend on this number, not on the process count: runs with
+  the same streams see the same data on any number of processes."""
+  process_count = jax.process_count() if process_count is None else process_count
+  return int(config.train.data_streams) or process_count
+
+
+class _Streams:
+  """Several grain iterators of one process as one: batches concatenated row-wise in
+  stream order; checkpointed by grain's handler as one JSON document."""
+
+  def __init__(self, iterators):
+    self.iterators = iterators
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    parts = [next(it) for it in self.iterators]
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts], 0) for k in parts[0]}
+
+  def get_state(self) -> bytes:
+    return json.dumps({"streams": [it.get_state() for it in self.iterators]}).encode()
+
+  def set_state(self, state: bytes) -> None:
+    states = json.loads(state)["streams"]
+    if len(states) != len(self.iterators):
+      raise ValueError(f"the checkpoint holds {len(states)} data streams for this process, "
+                       f"the run has {len(self.iterators)}")
+    for it, st in zip(self.iterators, states):
+      it.set_state(st)
+
+  def start_prefetch(self) -> None:
+    for it in self.iterators:
+      if hasattr(it, "start_prefetch"):
+        it.start_prefetch()
 
 
 class RunData:
@@ -43,11 +84,16 @@ class RunData:
           f"data.tokenizer_path at a tokenizer with {vocab} tokens (a workdir keeps "
           f"its tokenizer.model once made).")
     log.info("tokenizer %s: %d tokens", path, self.tokenizer.vocab_size)
-    self.dataset = pipeline.make_train_dataset(
-        config.data, self.tokenizer, int(config.train.global_batch_size), seed=int(config.seed),
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        source=self.source)
-    self.train_iter = iter(self.dataset)
+    streams = data_streams(config)
+    per_process = streams // jax.process_count()
+    first = jax.process_index() * per_process
+    self.datasets = [
+        pipeline.make_train_dataset(
+            config.data, self.tokenizer, int(config.train.global_batch_size),
+            seed=int(config.seed), process_index=k, process_count=streams, source=self.source)
+        for k in range(first, first + per_process)]
+    self.train_iter = (iter(self.datasets[0]) if per_process == 1
+                       else _Streams([iter(d) for d in self.datasets]))
     self._eval = None
     self.num_devices = jax.device_count() if num_devices is None else num_devices
 

@@ -252,14 +252,20 @@ def _pad_eval_batch(batch: dict, rows: int) -> dict:
 
 
 class _Stopper:
-  """SIGTERM/SIGINT -> a flag the loop polls; the loop saves and exits cleanly."""
+  """SIGTERM -> a flag the loop polls; the loop saves and exits cleanly.
 
-  def __init__(self):
+  Only for one process: across processes every one must stop at the same step, so
+  there JAX's own preemption notifier (set up by jax.distributed) catches SIGTERM and
+  the loop asks Orbax's `reached_preemption`, a synchronised decision.
+  """
+
+  def __init__(self, install: bool = True):
     self.signal = None
     self._old = {}
+    self._install = install
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if self._install and threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGTERM,):
         self._old[sig] = signal.signal(sig, self._handle)
     return self
@@ -383,7 +389,7 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
   first_step_done = False
   first_loss = None
   sample = ""
-  with _Stopper() as stopper:
+  with _Stopper(install=jax.process_count() == 1) as stopper:
     while step < min(stop_at, num_steps):
       batch = next(data.train_iter)
       arrays, extra = split_batch(batch)
@@ -512,15 +518,9 @@ def _train_scalars(pending, last_metrics, interval_start, interval_steps, paused
 
 
 def _gather_counts(counts: dict) -> dict:
-  """Side counters (skipped data) summed over processes."""
-  if not counts:
-    return {}
-  if jax.process_count() == 1:
-    return dict(counts)
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  keys = sorted(counts)
-  total = multihost_utils.process_allgather(np.asarray([counts[k] for k in keys], np.float64))
-  return dict(zip(keys, np.asarray(total).reshape(-1, len(keys)).sum(0).tolist()))
+  """Side counters of the batches (skipped data: counted over the whole split, the same
+  in every stream and process)."""
+  return dict(counts)
 
 
 def _evaluate(eval_step_fn, params, rest, data, mesh, config, final) -> dict:

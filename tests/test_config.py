@@ -246,3 +246,12 @@ def test_cli_errors_before_compiling(tmp_path):
             f"--config.data.data_dir={tmp_path / 'nothing'}")
   assert r.returncode == 2, r.stderr[-2000:]
   assert "error:" in r.stderr and "first step" not in r.stderr
+
+
+def test_data_streams_must_fit_processes_and_batch():
+  c = _demo()
+  c.train.data_streams = 3
+  with pytest.raises(ConfigError, match=r"'train.data_streams' = 3 .*use one of \[2, 4, 8\]"):
+    cv.check_batch(c, num_devices=2, process_count=2)
+  c.train.data_streams = 4
+  assert cv.check_batch(c, num_devices=2, process_count=2) == 2

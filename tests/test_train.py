@@ -272,9 +272,10 @@ def _free_port():
 @pytest.mark.slow
 def test_two_processes_equal_one(tokenizer_path, tmp_path):
   """Two jax.distributed processes (one CPU device each) on localhost train exactly
-  like one process with two devices."""
+  like one process with two devices. Both read the data as two streams
+  (train.data_streams=2), so they see the same batches."""
   common = ["--config=configs/demo.py:tiny", f"--config.data.tokenizer_path={tokenizer_path}",
-            "--config.eval.sample_tokens=0"]
+            "--config.eval.sample_tokens=0", "--config.train.data_streams=2"]
   one = subprocess.run([sys.executable, "-m", "mambaswelu_jax.main", *common,
                         f"--workdir={tmp_path / 'one'}"], cwd=ROOT, env=_env(2),
                        capture_output=True, text=True, timeout=400)
