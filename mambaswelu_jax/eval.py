@@ -407,7 +407,8 @@ def format_table(results: Sequence[dict]) -> str:
 def evaluate_run(workdir: str, step: str | int = "latest", *, splits=("validation", "test"),
                  max_tokens: int = 0, batch_per_device: int = 0, benchmarks=(),
                  benchmark_limit: int = 0, benchmark_batch_size: int = 16,
-                 output_dir: str = "", devices=None, log=print) -> list[dict]:
+                 benchmark_tasks_dir: str = "", output_dir: str = "", devices=None,
+                 log=print) -> list[dict]:
   """Evaluates each requested step; writes and returns one result dict per step."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   config, tokenizer = load_config_and_tokenizer(workdir)
@@ -434,7 +435,11 @@ def evaluate_run(workdir: str, step: str | int = "latest", *, splits=("validatio
     if benchmarks:
       from mambaswelu_jax import lm_eval_adapter  # pylint: disable=import-outside-toplevel
       result["benchmarks"] = lm_eval_adapter.run_benchmarks(
-          run, list(benchmarks), limit=benchmark_limit or None, batch_size=benchmark_batch_size)
+          run, list(benchmarks), limit=benchmark_limit or None, batch_size=benchmark_batch_size,
+          include_path=benchmark_tasks_dir or None)
+      for task, metrics in result["benchmarks"].items():
+        log(f"step {run.step} {task}: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
     merged = write_results(results_path(workdir, run.step, output_dir), result)
     out.append(merged)
   return out
@@ -456,6 +461,8 @@ def _define_flags():
                     "winogrande (needs pip install '.[eval]' and the datasets).")
   flags.DEFINE_integer("benchmark_limit", 0, "Documents per benchmark task (0: all).")
   flags.DEFINE_integer("benchmark_batch_size", 16, "Rows per scoring batch for benchmarks.")
+  flags.DEFINE_string("benchmark_tasks_dir", "", "A folder of extra lm-eval task YAMLs "
+                      "(lm-eval's include_path), e.g. local copies of the datasets.")
   flags.DEFINE_string("output_dir", "", "Where <step>.json goes (default DIR/eval).")
   flags.mark_flag_as_required("workdir")
   return flags.FLAGS
@@ -473,7 +480,7 @@ def main(argv):
                            max_tokens=f.max_tokens, batch_per_device=f.batch_per_device,
                            benchmarks=f.benchmarks, benchmark_limit=f.benchmark_limit,
                            benchmark_batch_size=f.benchmark_batch_size,
-                           output_dir=f.output_dir)
+                           benchmark_tasks_dir=f.benchmark_tasks_dir, output_dir=f.output_dir)
   except (EvalError, DataError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
