@@ -30,5 +30,8 @@ setup(
         "test": ["pytest", "hypothesis", "matplotlib", "scipy"],
         # experiments/: the study's report figures (compare.py, run_study.py).
         "study": ["matplotlib", "scipy"],
+        # Zero-shot benchmarks (mambaswelu_jax/lm_eval_adapter.py). lm-eval needs torch:
+        # install a CPU build of torch first, or pip fetches a multi-GB CUDA build.
+        "eval": ["lm-eval"],
     },
 )
