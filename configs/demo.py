@@ -4,7 +4,7 @@
 
 The corpus is the Python standard library's docstrings and code (read offline from
 the running interpreter's files). The run trains its own 1024-piece tokenizer,
-trains ~500 steps of 16 x 128 tokens, evaluates, checkpoints, and prints a sample.
+trains 400 steps of 16 x 128 tokens, evaluates, checkpoints, and prints a sample.
 The validation loss starts near ln(1024) = 6.93 nats per token and ends well below
 the validation tokens' unigram entropy (what a model that ignores context gets).
 
@@ -37,14 +37,14 @@ def get_config(arg=None):
   t = config.train
   t.global_batch_size = 16
   t.micro_batch_per_device = 8           # accumulation 2 on one device
-  t.num_steps = 500
+  t.num_steps = 400
   t.learning_rate = 3e-3
-  t.warmup_steps = 50
+  t.warmup_steps = 40
   t.min_lr_ratio = 0.1
   t.log_every_steps = 25
 
-  config.checkpoint.every_steps = 250
-  config.checkpoint.snapshot_every_steps = 250
+  config.checkpoint.every_steps = 200
+  config.checkpoint.snapshot_every_steps = 200
   config.checkpoint.max_to_keep = 2
 
   e = config.eval

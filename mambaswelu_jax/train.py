@@ -389,79 +389,82 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
   first_step_done = False
   first_loss = None
   sample = ""
-  with _Stopper(install=jax.process_count() == 1) as stopper:
-    while step < min(stop_at, num_steps):
-      batch = next(data.train_iter)
-      arrays, extra = split_batch(batch)
-      extra_counts.update(extra)
-      state, step_metrics = train_step_fn(state, to_global(arrays, mesh), rest)
-      step += 1
-      pending.append(step_metrics)
-      if not first_step_done:  # compilation: keep it out of the timings
-        jax.block_until_ready(step_metrics)
-        first_step_done = True
-        if step == 1:
-          first_loss = float(jax.device_get(step_metrics["train_loss"]))
-        log.info("first step (compilation included) took %.1f s",
-                 time.perf_counter() - run_start)
-        interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
-      else:
-        interval_steps += 1
+  try:
+    with _Stopper(install=jax.process_count() == 1) as stopper:
+      while step < min(stop_at, num_steps):
+        batch = next(data.train_iter)
+        arrays, extra = split_batch(batch)
+        extra_counts.update(extra)
+        state, step_metrics = train_step_fn(state, to_global(arrays, mesh), rest)
+        step += 1
+        pending.append(step_metrics)
+        if not first_step_done:  # compilation: keep it out of the timings
+          jax.block_until_ready(step_metrics)
+          first_step_done = True
+          if step == 1:
+            first_loss = float(jax.device_get(step_metrics["train_loss"]))
+          log.info("first step (compilation included) took %.1f s",
+                   time.perf_counter() - run_start)
+          interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
+        else:
+          interval_steps += 1
 
-      scalars: dict = {}
-      if step % tc.log_every_steps == 0 or step == num_steps:
-        scalars.update(_train_scalars(pending, step_metrics, interval_start, interval_steps,
-                                      paused, tokens_per_step, flops, len(devices), peak,
-                                      schedule, step))
-        scalars.update(swelu_and_counts(state["params"]))
-        scalars.update(_gather_counts(extra_counts))
-        eta = (num_steps - step) * scalars.get("step_time", float("nan"))
-        log.info("step %d/%d  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tokens/s  "
-                 "%.4f s/step  MFU %.2f%%  ETA %s", step, num_steps, scalars["train_loss"],
-                 scalars["learning_rate"], scalars["grad_norm"], scalars["tokens_per_second"],
-                 scalars["step_time"], 100 * scalars["mfu"], _fmt_time(eta))
-        interval_start, interval_steps, paused, pending = time.perf_counter(), 0, 0.0, []
+        scalars: dict = {}
+        if step % tc.log_every_steps == 0 or step == num_steps:
+          scalars.update(_train_scalars(pending, step_metrics, interval_start, interval_steps,
+                                        paused, tokens_per_step, flops, len(devices), peak,
+                                        schedule, step))
+          scalars.update(swelu_and_counts(state["params"]))
+          scalars.update(_gather_counts(extra_counts))
+          eta = (num_steps - step) * scalars.get("step_time", float("nan"))
+          log.info("step %d/%d  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tokens/s  "
+                   "%.4f s/step  MFU %.2f%%  ETA %s", step, num_steps, scalars["train_loss"],
+                   scalars["learning_rate"], scalars["grad_norm"], scalars["tokens_per_second"],
+                   scalars["step_time"], 100 * scalars["mfu"], _fmt_time(eta))
+          interval_start, interval_steps, paused, pending = time.perf_counter(), 0, 0.0, []
 
-      t0 = time.perf_counter()
-      if (ec.every_steps and step % ec.every_steps == 0) or step == num_steps:
-        final_eval = evaluate(state["params"], final=step == num_steps)
-        scalars.update(final_eval)
-        log.info("step %d  validation loss %.4f  perplexity %.2f  bits/byte %.4f", step,
-                 final_eval["validation_loss"], final_eval["validation_perplexity"],
-                 final_eval["validation_bits_per_byte"])
-      if scalars:
-        writer.write_scalars(step, scalars)
+        t0 = time.perf_counter()
+        if (ec.every_steps and step % ec.every_steps == 0) or step == num_steps:
+          final_eval = evaluate(state["params"], final=step == num_steps)
+          scalars.update(final_eval)
+          log.info("step %d  validation loss %.4f  perplexity %.2f  bits/byte %.4f", step,
+                   final_eval["validation_loss"], final_eval["validation_perplexity"],
+                   final_eval["validation_bits_per_byte"])
+        if scalars:
+          writer.write_scalars(step, scalars)
 
-      stop = stopper.signal is not None
-      if jax.process_count() > 1 and not stop:
-        stop = ckpts.reached_preemption(step)
-      if (step % config.checkpoint.every_steps == 0 or stop or step == num_steps
-          or step == stop_at):
-        ckpts.save(step, state, data.train_iter)
-      snap = config.checkpoint.snapshot_every_steps
-      if snap and step % snap == 0:
-        ckpts.save_snapshot(step, state["params"])
-      paused += time.perf_counter() - t0
-      if stop:
-        preempted = True
-        log.warning("stopped by signal at step %d; checkpoint saved. Rerun the same "
-                    "command to resume.", step)
-        break
+        stop = stopper.signal is not None
+        if jax.process_count() > 1 and not stop:
+          stop = ckpts.reached_preemption(step)
+        if (step % config.checkpoint.every_steps == 0 or stop or step == num_steps
+            or step == stop_at):
+          ckpts.save(step, state, data.train_iter)
+        snap = config.checkpoint.snapshot_every_steps
+        if snap and step % snap == 0:
+          ckpts.save_snapshot(step, state["params"])
+        paused += time.perf_counter() - t0
+        if stop:
+          preempted = True
+          log.warning("stopped by signal at step %d; checkpoint saved. Rerun the same "
+                      "command to resume.", step)
+          break
 
-  # --- End: final params, a text sample.
-  if step >= num_steps and not preempted:
-    ckpts.save_final(step, state["params"])
-    if start_step == num_steps:
-      log.info("run already complete at step %d", step)
-    if ec.sample_tokens > 0:
-      text = sample = sample_text(parts, state["params"], rest, data.tokenizer, ec.sample_prompt,
-                         int(ec.sample_tokens), float(ec.sample_temperature),
-                         int(config.data.seq_len), seed=config.seed)
-      writer.write_texts(step, {"sample": text})
-      log.info("sample (temperature %.2f):\n%s%s", ec.sample_temperature, ec.sample_prompt,
-               text)
-  ckpts.close()
-  writer.close()
+    # --- End: final params, a text sample.
+    if step >= num_steps and not preempted:
+      ckpts.save_final(step, state["params"])
+      if start_step == num_steps:
+        log.info("run already complete at step %d", step)
+      if ec.sample_tokens > 0:
+        text = sample = sample_text(
+            parts, state["params"], rest, data.tokenizer, ec.sample_prompt,
+            int(ec.sample_tokens), float(ec.sample_temperature), int(config.data.seq_len),
+            seed=config.seed)
+        writer.write_texts(step, {"sample": text})
+        log.info("sample (temperature %.2f):\n%s%s", ec.sample_temperature, ec.sample_prompt,
+                 text)
+  finally:  # pending async saves finish; writers flush, also on errors
+    ckpts.close()
+    writer.close()
   elapsed = time.perf_counter() - run_start
   log.info("done at step %d in %s", step, _fmt_time(elapsed))
   summary = _summary(workdir, step, num_steps, elapsed, preempted, first_loss, final_eval,
