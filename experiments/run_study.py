@@ -132,9 +132,19 @@ def main(argv=None) -> int:
   def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
+  failures = []
+
   def timed(stage, fn):
     t0 = time.time()
-    out = fn()
+    try:
+      out = fn()
+    except Exception as e:  # pylint: disable=broad-except
+      # A failed stage (e.g. the evaluation tools missing) must not cost the report.
+      import traceback  # pylint: disable=import-outside-toplevel
+      traceback.print_exc()
+      failures.append(f"stage {stage} failed: {type(e).__name__}: {str(e)[:300]}")
+      log(failures[-1])
+      out = None
     timing[stage] = round(time.time() - t0, 1)
     with open(timing_path, "w", encoding="utf-8") as f:
       json.dump(timing, f, indent=1)
@@ -201,13 +211,14 @@ def main(argv=None) -> int:
                      "--scale=toy`):\n>\n> ```\n" + "\n".join(
                          "> " + line for line in f.read().rstrip().splitlines())
                      + "\n> ```")
+    notes += failures
     bench_note = bench_note or timing.get("benchmarks_note", "")
     cmd = "python experiments/run_study.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     path = timed("report", lambda: compare_lib.compare(
         root, args.out, scale=args.scale, notes=notes, benchmark_note=bench_note, command=cmd))
     log(f"report: {path}")
   log(f"done in {(time.time() - t_all) / 60:.1f} min")
-  return 0
+  return 1 if failures else 0
 
 
 if __name__ == "__main__":

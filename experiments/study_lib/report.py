@@ -597,9 +597,16 @@ def section_hypotheses(runs, fits) -> list[str]:
                    + f" — on the other kinds the general run is "
                    f"{'better' if max(ot_d) < 0 else 'not uniformly better'} "
                    f"(Δ {', '.join(f'{x:+.3f}' for x in ot_d)})")
+      whole = ""
+      if "(all)" in g and "(all)" in s and other:
+        dw = g["(all)"]["bits_per_byte"] - s["(all)"]["bits_per_byte"]
+        whole = (f" Over all types together (each weighted by the tokens scored) the "
+                 f"{'specific' if dw > 0 else 'general'} run is ahead (Δ {dw:+.3f}), so which "
+                 f"'generalises better' depends on how the types are weighted.")
       out += ["", "**Answer.** 'The specific run is better on its own text': "
               + (ans[0] if sp_d else "undetermined") + ". 'The general run generalises better': "
-              + (ans[1] if len(ans) > 1 else "undetermined (no other text types evaluated)") + "."]
+              + (ans[1] if len(ans) > 1 else "undetermined (no other text types evaluated)") + "."
+              + whole]
     else:
       out += ["No per-type evaluation of both runs yet (eval/<step>.json)."]
     out += ["", "Caveats: both runs saw the same number of tokens, but the specific corpus is "
@@ -700,8 +707,15 @@ def section_hypotheses(runs, fits) -> list[str]:
           la = float(all_rows[-1][5])
           ans += (f"; on the general data as a whole (types weighted equally) it is "
                   f"{'ahead too' if la > 0 else 'behind'} (Δ {la:+.3f})")
-        out += ["", ans + "). Whether its 'quality' compensates its smaller size is read from "
-                "the epochs below: it stays ahead only while the repetition has not yet hurt."]
+        gaps = [float(r[5]) for r in spec_rows]
+        trend = ""
+        if len(gaps) >= 2:
+          trend = (f" The gap on its own kind of text went {gaps[-2]:+.3f} → {gaps[-1]:+.3f} "
+                   f"between the last two compared steps ("
+                   f"{'narrowing' if abs(gaps[-1]) < abs(gaps[-2]) else 'widening'}).")
+        out += ["", ans + ")." + trend + " Within this budget the smaller, more uniform corpus "
+                "is not yet penalised for its size; the runs cannot say where repetition would "
+                "start to cost it (a longer specific run, or one at equal epochs, would)."]
     else:
       out += ["No common evaluated steps of the two long runs (eval/<step>.json). "
               "`python experiments/run_study.py --stage=evaluate` evaluates both at the same "
