@@ -185,7 +185,7 @@ def main(argv=None) -> int:
   if "generate" in stages and runs:
     from experiments.study_lib import postprocess  # pylint: disable=import-outside-toplevel
     timed("generate", lambda: postprocess.generate_study(
-        runs, max_new_tokens=args.gen_tokens, num_samples=args.gen_samples, log=log))
+        runs, max_new_tokens=args.gen_tokens, num_samples=args.gen_samples, log=log, root=root))
   if "report" in stages:
     total = sum(v for k, v in timing.items() if isinstance(v, (int, float)))
     notes = []

@@ -20,7 +20,6 @@ from experiments import launch_study
 from experiments import monitor
 from experiments.study_lib import collect
 from experiments.study_lib import powerlaw
-from experiments.study_lib import quality
 from experiments.study_lib import runs as runs_lib
 from experiments.study_lib import status as status_lib
 from experiments.study_lib import synthetic
@@ -331,14 +330,6 @@ def test_train_log_segments_give_wall_clock_and_device_hours(tmp_path):
   run = collect.RunData(name="w", workdir=str(tmp_path), config={}, segments=segs)
   assert run.wall_seconds == 5400 and run.device_hours == pytest.approx(3.0)
   assert run.devices == 2 and run.device_kind == "NVIDIA H100"
-
-
-def test_diversity_measures():
-  assert quality.distinct_n(["a b c d"], 1) == 1.0
-  assert quality.distinct_n(["a a a a"], 1) == 0.25
-  assert quality.repetition("x y x y x y", 2) == pytest.approx(3 / 5)
-  assert quality.repetition("one two three four five", 4) == 0.0
-  assert math.isnan(quality.distinct_n([""], 2))
 
 
 def test_interpolation_and_spikes():

@@ -5,9 +5,9 @@
                               type); the specific run also on the general run's data
                               ("cross" in the same file), so H1 and H3 compare like with
                               like; study_run.json with role, parameters and epochs.
-  generate_study(runs, ...)   shared prompts sampled from every run's final params, the
-                              diversity measures, and each sample's perplexity under every
-                              run (self- and cross-perplexity) -> generations.json.
+  generate_study(runs, ...)   shared prompts sampled from every run's final params through
+                              mambaswelu_jax.gen_quality (diversity measures, every sample
+                              scored by every run) -> generations.json per run.
   benchmarks_study(runs, ...) lm-eval's four tasks when lm-eval and its datasets are
                               available; otherwise the reason, for the report.
 
@@ -22,7 +22,6 @@ import os
 import time
 
 from experiments.study_lib import collect
-from experiments.study_lib import quality
 from experiments.study_lib import runs as runs_lib
 
 PROMPTS = ("The future of artificial intelligence is", "def ", "Return the")
@@ -155,54 +154,41 @@ def evaluate_study(runs, *, max_tokens: int = 16384, log=print) -> dict:
   return done
 
 
-def _perplexity(run, contexts_and_samples) -> float:
-  from mambaswelu_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
-  reqs = [(c, s) for c, s in contexts_and_samples if s]
-  if not reqs:
-    return float("nan")
-  scores = eval_lib.score_sequences(run, reqs, batch_size=8)
-  n = sum(len(s) for _, s in reqs)
-  return math.exp(-sum(lp for lp, _ in scores) / n)
-
-
 def generate_study(runs, *, prompts=PROMPTS, max_new_tokens: int = 64, num_samples: int = 3,
-                   temperature: float = 0.8, seed: int = 0, log=print) -> None:
+                   temperature: float = 0.8, top_p: float = 1.0, seed: int = 0, log=print,
+                   root: str = "") -> None:
+  """Samples the shared prompts from every run's final params with the evaluation
+  engineer's `mambaswelu_jax.gen_quality.compare_runs` (same seed and settings for every
+  run; distinct-n, repetition, and every sample scored by every run), then writes each
+  run's part to its generations.json (and the whole result to ROOT/generation_quality.json)."""
   from mambaswelu_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax import generate as generate_lib  # pylint: disable=import-outside-toplevel
-  loaded = {}
-  for r in runs:
-    if r.final_steps:
-      loaded[r.name] = eval_lib.load_run(r.workdir, r.final_steps[-1])
-  if not loaded:
+  from mambaswelu_jax import gen_quality  # pylint: disable=import-outside-toplevel
+  done = [r for r in runs if r.final_steps]
+  if not done:
     log("no run has final params: no generations")
     return
-  samples = {}
-  for name, run in loaded.items():
-    gen = generate_lib.Generator(run)
-    per_prompt, ids = [], []
-    for p in prompts:
-      g = gen.generate(p, max_new_tokens, num_samples=num_samples, temperature=temperature,
-                       seed=seed)
-      per_prompt.append({"prompt": p, "samples": g.texts,
-                         "tokens_per_second": g.tokens_per_second})
-      ctx = gen.encode_prompt(p)
-      ids += [(ctx, t) for t in g.tokens]
-    samples[name] = (per_prompt, ids)
-  for name, (per_prompt, ids) in samples.items():
-    run = loaded[name]
-    texts = [t for p in per_prompt for t in p["samples"]]
-    doc = {"step": run.step, "settings": {"max_new_tokens": max_new_tokens,
-                                          "num_samples": num_samples, "temperature": temperature,
-                                          "seed": seed},
-           "prompts": per_prompt,
-           "measures": {"all": quality.measures(texts),
-                        **{p["prompt"]: quality.measures(p["samples"]) for p in per_prompt}},
-           "self_perplexity": _perplexity(run, ids),
-           "cross_perplexity": {other: _perplexity(loaded[other], ids)
-                                for other in loaded if other != name}}
-    _write_json(os.path.join(run.workdir, "generations.json"), doc)
-    log(f"{name}: {len(texts)} samples, distinct-2 {doc['measures']['all']['distinct_2']:.3f}, "
-        f"self-perplexity {doc['self_perplexity']:.2f}")
+  loaded = [eval_lib.load_run(r.workdir, r.final_steps[-1]) for r in done]
+  result = gen_quality.compare_runs(loaded, list(prompts), num_samples=num_samples,
+                                    max_new_tokens=max_new_tokens, temperature=temperature,
+                                    top_p=top_p, seed=seed)
+  keys = list(result["runs"])  # "<name>@<step>", in the order of `loaded`
+  short = {k: r.name for k, r in zip(keys, done)}
+  if root:
+    _write_json(os.path.join(root, "generation_quality.json"), result)
+  for key, r, run in zip(keys, done, loaded):
+    part = result["runs"][key]
+    per_prompt = [{"prompt": p, "samples": [t for q, t in part["samples"] if q == p]}
+                  for p in prompts]
+    doc = {"step": run.step, "settings": result["settings"], "prompts": per_prompt,
+           "measures": {"all": part["measures"]},
+           "self_perplexity": result["perplexity"][key][key],
+           "cross_perplexity": {short[s]: v for s, v in result["perplexity"][key].items()
+                                if s != key},
+           "bits_per_byte": {short[s]: v for s, v in result["bits_per_byte"][key].items()},
+           "source": "mambaswelu_jax.gen_quality.compare_runs"}
+    _write_json(os.path.join(r.workdir, "generations.json"), doc)
+    log(f"{r.name}: {part['measures']['num_samples']} samples, distinct-2 "
+        f"{part['measures']['distinct_2']:.3f}, self-perplexity {doc['self_perplexity']:.2f}")
 
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:

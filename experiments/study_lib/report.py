@@ -463,14 +463,18 @@ def section_generations(runs) -> list[str]:
   for n, g in gens.items():
     m = g.get("measures", {}).get("all", {})
     cross = g.get("cross_perplexity", {})
+    bpb = g.get("bits_per_byte", {})
     rows.append([f"`{n}`", _f(m.get("distinct_1")), _f(m.get("distinct_2")),
                  _f(m.get("distinct_3")), _f(m.get("repetition_4")), _f(m.get("mean_words"), ".1f"),
                  _f(g.get("self_perplexity"), ".2f"),
-                 ", ".join(f"{k}: {v:.2f}" for k, v in sorted(cross.items()) if finite(v)) or "-"])
+                 ", ".join(f"{k}: {v:.2f}" for k, v in sorted(cross.items()) if finite(v)) or "-",
+                 ", ".join(f"{k}: {v:.2f}" for k, v in bpb.items() if finite(v)) or "-"])
   out += ["Diversity and fluency over all samples of each run (prompts × samples):", ""]
   out += table(["run", "distinct-1", "distinct-2", "distinct-3", "repeated 4-grams",
-                "mean words", "self-perplexity", "cross-perplexity (scored by run)"], rows)
-  out += ["", "distinct-n: unique / all whitespace n-grams over the run's samples (higher = more "
+                "mean words", "self-perplexity", "cross-perplexity (scored by run)",
+                "bits/byte of the samples (scored by run)"], rows)
+  out += ["", "Measured with `mambaswelu_jax.gen_quality` (same seed and settings for every run). "
+          "distinct-n: unique / all whitespace n-grams over the run's samples (higher = more "
           "diverse); repeated 4-grams: share of a sample's 4-grams seen earlier in it (loops). "
           "Self-perplexity: the generating model's own perplexity of its samples; cross-"
           "perplexity: another run's perplexity of them — a fluency proxy judged by a different "
