@@ -176,6 +176,23 @@ def test_sigterm_saves_and_resumes(straight, tokenizer_path, tmp_path, monkeypat
     np.testing.assert_array_equal(a, b)
 
 
+def test_resume_with_two_data_streams(tokenizer_path, tmp_path):
+  """Two data streams in one process (the two-process layout's data): the combined
+  iterator checkpoints and resumes exactly."""
+  straight_run = train.train_and_evaluate(
+      tiny(tokenizer_path, train__data_streams=2, eval__sample_tokens=0), str(tmp_path / "a"))
+  workdir = str(tmp_path / "b")
+  train.train_and_evaluate(tiny(tokenizer_path, train__data_streams=2, eval__sample_tokens=0,
+                                train__stop_at_step=NUM_STEPS // 2), workdir)
+  data_state = json.loads(open(os.path.join(workdir, "checkpoints", "4", "data",
+                                            "process_0-of-1.json")).read())
+  assert len(data_state["streams"]) == 2
+  resumed = train.train_and_evaluate(
+      tiny(tokenizer_path, train__data_streams=2, eval__sample_tokens=0), workdir)
+  for a, b in zip(params_of(straight_run), params_of(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_restore_skips_a_broken_checkpoint(straight, tokenizer_path, tmp_path):
   """The newest checkpoint does not restore: the one before it is used, with a warning."""
   import shutil
@@ -301,3 +318,28 @@ def test_two_processes_equal_one(tokenizer_path, tmp_path):
   assert os.listdir(tmp_path / "two" / "checkpoints" / "8" / "data") and sorted(
       n for n in os.listdir(tmp_path / "two" / "checkpoints" / "8" / "data")
       if n.endswith(".json")) == ["process_0-of-2.json", "process_1-of-2.json"]
+
+
+@pytest.mark.slow
+def test_cli_sigterm_exit_status(tokenizer_path, tmp_path):
+  """`main` on SIGTERM: a checkpoint of the current step, exit status 143, then resume."""
+  import time
+  workdir = tmp_path / "w"
+  args = [sys.executable, "-m", "mambaswelu_jax.main", "--config=configs/demo.py:tiny",
+          f"--workdir={workdir}", f"--config.data.tokenizer_path={tokenizer_path}",
+          "--config.train.num_steps=100000", "--config.train.log_every_steps=1",
+          "--config.eval.every_steps=0", "--config.eval.sample_tokens=0"]
+  proc = subprocess.Popen(args, cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    if (workdir / "metrics.jsonl").exists() and len(read_jsonl(str(workdir / "metrics.jsonl"))) >= 3:
+      break
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == train.PREEMPTED_EXIT_CODE, err[-3000:]
+  assert "stopped by SIGTERM" in out
+  saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints"))
+  last = read_jsonl(str(workdir / "metrics.jsonl"))[-1]["step"]
+  assert saved[-1] == last >= 3  # the step it was on when the signal came
