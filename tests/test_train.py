@@ -176,6 +176,34 @@ def test_sigterm_saves_and_resumes(straight, tokenizer_path, tmp_path, monkeypat
     np.testing.assert_array_equal(a, b)
 
 
+def test_data_streams_checkpoint_round_trip(tmp_path):
+  """Several grain iterators as one (run_data._Streams) through Orbax and grain's handler."""
+  import grain
+  import orbax.checkpoint as ocp
+  from mambaswelu_jax import run_data
+
+  def streams():
+    return run_data._Streams([  # pylint: disable=protected-access
+        iter(grain.MapDataset.range(start, start + 100).map(
+            lambda i: {"inputs": np.full((2, 3), i, np.int32)}).to_iter_dataset())
+        for start in (0, 1000)])
+
+  it = streams()
+  for _ in range(3):
+    next(it)
+  mngr = ocp.CheckpointManager(str(tmp_path), item_names=("data",))
+  mngr.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+  mngr.wait_until_finished()
+  want = next(it)
+  fresh = streams()
+  mngr.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
+  got = next(fresh)
+  np.testing.assert_array_equal(got["inputs"], want["inputs"])
+  assert got["inputs"].shape == (4, 3) and list(got["inputs"][:, 0]) == [3, 3, 1003, 1003]
+  mngr.close()
+
+
+@pytest.mark.slow
 def test_resume_with_two_data_streams(tokenizer_path, tmp_path):
   """Two data streams in one process (the two-process layout's data): the combined
   iterator checkpoints and resumes exactly."""
