@@ -231,7 +231,12 @@ def run_benchmarks(run, tasks: list[str], *, limit: int | None = None, batch_siz
   lm_eval, _, _ = _lm_eval()
   from lm_eval.tasks import TaskManager  # pylint: disable=import-outside-toplevel
   lm = model_class()(run=run, batch_size=batch_size)
-  manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+  manager = None
+  if include_path:  # indexing lm-eval's own ~thousands of task files takes seconds: skip it
+    local = TaskManager(include_path=include_path, include_defaults=False)
+    if set(tasks) <= set(local.all_tasks):
+      manager = local
+  manager = manager or TaskManager(include_path=include_path)
   out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit,
                                 num_fewshot=num_fewshot, task_manager=manager,
                                 log_samples=False, bootstrap_iters=0)

@@ -80,7 +80,7 @@ def test_bits_per_byte_by_hand(trained_workdir):
     stream += ids
     types += [d["text_type"]] * len(ids)
   assert len(stream) - 1 <= int(run.config.data.seq_len)  # one row: no cut in the context
-  logits = run.model(jnp.asarray([stream[:-1]], jnp.int32))[0]
+  logits = run.logits([stream[:-1]])[0]
   nll = -np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), -1))[
       np.arange(len(stream) - 1), stream[1:]].astype(np.float64)
   nbytes = sum(len(d["text"].encode("utf-8")) for d in docs)

@@ -31,7 +31,7 @@ def test_score_sequences_and_cross_scores_equal_the_forward(trained_workdir):
   ctx = [tok.eos_id] + tok.encode(prompt)
   whole = [tok.eos_id] + tok.encode(prompt + sample)
   n = len(whole) - len(ctx)
-  logits = run.model(jnp.asarray([whole[:-1]], jnp.int32))[0].astype(jnp.float32)
+  logits = run.logits([whole[:-1]])[0].astype(jnp.float32)
   logp = np.asarray(jax.nn.log_softmax(logits, -1), np.float64)
   want = logp[np.arange(len(whole) - 1), whole[1:]][-n:].sum()
   ((got, _),) = eval_lib.score_sequences(run, [(ctx, whole[len(ctx):])])

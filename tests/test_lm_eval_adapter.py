@@ -18,7 +18,8 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 import pytest  # pylint: disable=wrong-import-position
 
-lm_eval = pytest.importorskip("lm_eval")
+lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -e '.[eval]')",
+                                  exc_type=ImportError)
 
 from lm_eval.api.instance import Instance  # pylint: disable=wrong-import-position
 
@@ -186,7 +187,7 @@ def lm(run):
 
 def _direct_logprob(run, ids, n_cont):
   """Σ log p of the last n_cont ids from one plain forward pass."""
-  logits = run.model(jnp.asarray([ids[:-1]], jnp.int32))[0].astype(jnp.float32)
+  logits = run.logits([ids[:-1]])[0].astype(jnp.float32)
   logp = np.asarray(jax.nn.log_softmax(logits, -1), np.float64)
   rows = np.arange(len(ids) - 1)[-n_cont:]
   return float(logp[rows, np.asarray(ids[1:])[-n_cont:]].sum()), bool(
@@ -219,9 +220,8 @@ def test_loglikelihood_equals_the_models_forward(run, lm):
     want, want_greedy = _direct_logprob(run, ids, n)
     np.testing.assert_allclose(logp, want, rtol=2e-5, atol=2e-5)
     assert greedy == want_greedy
-  # Order and batch size do not change the numbers.
-  again = lm_eval_adapter.model_class()(run=run, batch_size=1).loglikelihood(
-      [_req("loglikelihood", p) for p in reversed(pairs)])
+  # The order of the requests (and so the batches they share) does not change the numbers.
+  again = lm.loglikelihood([_req("loglikelihood", p) for p in reversed(pairs)])
   np.testing.assert_allclose([x[0] for x in again[::-1]], [x[0] for x in out], rtol=2e-5)
 
 
