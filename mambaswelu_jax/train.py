@@ -354,7 +354,7 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
   # --- Metrics.
   writer = metrics_lib.MetricsWriter(workdir, is_main=is_main, resume_step=start_step)
   flops = _flops_per_token(config)
-  peak, peak_source = metrics_lib.peak_tflops(devices[0], jax.local_device_count(),
+  peak, peak_source = metrics_lib.peak_tflops(devices[0], len(mesh.local_devices),
                                               tc.peak_tflops_per_device)
   if start_step == 0:
     hparams = config_validation.flatten(config)

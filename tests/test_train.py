@@ -371,3 +371,18 @@ def test_cli_sigterm_exit_status(tokenizer_path, tmp_path):
   saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints"))
   last = read_jsonl(str(workdir / "metrics.jsonl"))[-1]["step"]
   assert saved[-1] == last >= 3  # the step it was on when the signal came
+
+
+def test_peak_flops_by_device_kind():
+  from types import SimpleNamespace
+  from mambaswelu_jax import metrics
+  kinds = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H100 PCIe": 756.0, "NVIDIA H200": 989.0,
+           "NVIDIA A100-SXM4-80GB": 312.0, "TPU v5 lite": 197.0, "TPU v4": 275.0}
+  for kind, want in kinds.items():
+    assert metrics.peak_tflops(SimpleNamespace(device_kind=kind, platform="gpu"))[0] == want
+  assert metrics.peak_tflops(SimpleNamespace(device_kind="NVIDIA H100", platform="gpu"),
+                             override=500.0) == (500.0, "train.peak_tflops_per_device")
+  cpu, source = metrics.peak_tflops(SimpleNamespace(device_kind="cpu", platform="cpu"))
+  assert cpu > 0 and "CPU" in source
+  unknown, source = metrics.peak_tflops(SimpleNamespace(device_kind="Mystery", platform="gpu"))
+  assert np.isnan(unknown) and "peak_tflops_per_device" in source
