@@ -277,7 +277,7 @@ def guess_role(config: dict) -> str:
   ratio = float(d.get("tokens_per_parameter", 0) or 0)
   if specific:
     return "specific_long"
-  return "general_short" if 0 < ratio < 50 and "toy" not in str(d) else "general_long"
+  return "general_short" if 0 < ratio < 50 else "general_long"
 
 
 def interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
