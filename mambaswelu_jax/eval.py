@@ -20,7 +20,8 @@ overall and per text type, with the token and byte counts beside each figure.
 `--step=all` evaluates every saved step (the params-only snapshots, the full
 checkpoints still kept and the final params): the loss-versus-tokens curve.
 
-Results go to `DIR/eval/<step>.json` (merged with what an earlier call wrote, so
+It runs in one process, on that process's devices (the rows of each batch split
+over them). Results go to `DIR/eval/<step>.json` (merged with what an earlier call wrote, so
 benchmarks and perplexities can be computed separately) and a table is printed.
 
 Also the library other tools build on: `load_run` (a workdir -> model, params and
@@ -41,6 +42,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -196,6 +198,10 @@ def load_run(workdir: str, step: str | int = "latest", devices: Sequence | None 
   if step_n is None:
     raise EvalError("load_run restores one step; use resolve_steps for --step=all")
   kinds = available_steps(workdir)[step_n]
+  if config.model.get("scan_impl") == "pallas" and jax.default_backend() != "gpu":
+    # A run trained with the GPU kernel, evaluated elsewhere: the same function via XLA.
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.scan_impl = "auto"
 
   from mambaswelu_jax.models import build_model  # pylint: disable=import-outside-toplevel
   mesh = train.make_mesh(list(devices) if devices is not None else jax.local_devices())
@@ -271,9 +277,9 @@ def evaluate_split(run: Run, split: str, *, max_tokens: int = 0, batch_per_devic
   per_device = batch_per_device or int(run.config.eval.batch_per_device)
   global_batch = per_device * len(run.mesh.devices.reshape(-1))
   seq_len = int(run.config.data.seq_len)
-  batches = pipeline.make_eval_batches(
-      source, run.tokenizer, split, global_batch, seq_len, max_tokens=max_tokens,
-      process_index=jax.process_index(), process_count=jax.process_count())
+  # One process evaluates the whole split on its own devices (the run's mesh is local).
+  batches = pipeline.make_eval_batches(source, run.tokenizer, split, global_batch, seq_len,
+                                       max_tokens=max_tokens)
   types = list(source.text_types) or ["text"]
   step_fn = make_type_sums_step(run, len(types))
   totals = np.zeros((len(types), 3), np.float64)
@@ -294,6 +300,7 @@ def evaluate_split(run: Run, split: str, *, max_tokens: int = 0, batch_per_devic
   # Tokens the model ran over (padding rows included) per second of device time.
   out["tokens_per_second"] = timed * global_batch * seq_len / seconds if seconds else 0.0
   out["skipped_documents"] = dict(getattr(batches, "skipped", {}) or {})
+  out["max_tokens"] = int(max_tokens)
   return out
 
 
@@ -384,13 +391,7 @@ def results_path(workdir: str, step: int, output_dir: str = "") -> str:
 def write_results(path: str, results: dict) -> dict:
   """Merges `results` into the JSON at `path` (splits and benchmarks kept from earlier
   calls unless recomputed) and writes it atomically."""
-  old = {}
-  if os.path.exists(path):
-    try:
-      with open(path, encoding="utf-8") as f:
-        old = json.load(f)
-    except (OSError, ValueError):
-      old = {}
+  old = _stored(path)
   merged = {**old, **results}
   for key in ("splits", "benchmarks"):
     merged[key] = {**old.get(key, {}), **results.get(key, {})}
@@ -401,6 +402,14 @@ def write_results(path: str, results: dict) -> dict:
     f.write("\n")
   os.replace(tmp, path)
   return merged
+
+
+def _stored(path: str) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
 
 
 def _json_default(value):
@@ -434,8 +443,12 @@ def evaluate_run(workdir: str, step: str | int = "latest", *, splits=("validatio
                  max_tokens: int = 0, batch_per_device: int = 0, benchmarks=(),
                  benchmark_limit: int = 0, benchmark_batch_size: int = 16,
                  benchmark_tasks_dir: str = "", output_dir: str = "", devices=None,
-                 log=print) -> list[dict]:
-  """Evaluates each requested step; writes and returns one result dict per step."""
+                 skip_done: bool = False, log=print) -> list[dict]:
+  """Evaluates each requested step; writes and returns one result dict per step.
+
+  skip_done: reuse a step's stored results when they hold every requested split (with
+  the same max_tokens) and benchmark (for re-running --step=all as a run goes on).
+  """
   workdir = os.path.abspath(os.path.expanduser(workdir))
   config, tokenizer = load_config_and_tokenizer(workdir)
   steps = resolve_steps(workdir, step)
@@ -445,6 +458,13 @@ def evaluate_run(workdir: str, step: str | int = "latest", *, splits=("validatio
     source = sources.make_source(config.data)
   out = []
   for s in steps:
+    done = _stored(results_path(workdir, s, output_dir)) if skip_done else {}
+    if (done and all(done.get("splits", {}).get(sp, {}).get("max_tokens") == max_tokens
+                     for sp in splits)
+        and all(b in done.get("benchmarks", {}) for b in benchmarks)):
+      log(f"step {s}: stored results reused")
+      out.append(done)
+      continue
     run = load_run(workdir, s, devices=devices, config=config, tokenizer=tokenizer)
     result = {"workdir": workdir, "step": run.step, "checkpoint": run.kind,
               "tokens_seen": run.step * run.tokens_per_step,
@@ -490,6 +510,8 @@ def _define_flags():
   flags.DEFINE_string("benchmark_tasks_dir", "", "A folder of extra lm-eval task YAMLs "
                       "(lm-eval's include_path), e.g. local copies of the datasets.")
   flags.DEFINE_string("output_dir", "", "Where <step>.json goes (default DIR/eval).")
+  flags.DEFINE_bool("skip_done", False, "Reuse stored results of steps already evaluated "
+                    "with these splits, max_tokens and benchmarks (for --step=all).")
   flags.mark_flag_as_required("workdir")
   return flags.FLAGS
 
@@ -506,7 +528,8 @@ def main(argv):
                            max_tokens=f.max_tokens, batch_per_device=f.batch_per_device,
                            benchmarks=f.benchmarks, benchmark_limit=f.benchmark_limit,
                            benchmark_batch_size=f.benchmark_batch_size,
-                           benchmark_tasks_dir=f.benchmark_tasks_dir, output_dir=f.output_dir)
+                           benchmark_tasks_dir=f.benchmark_tasks_dir, output_dir=f.output_dir,
+                           skip_done=f.skip_done)
   except (EvalError, DataError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

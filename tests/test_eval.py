@@ -64,6 +64,14 @@ def test_eval_splits_and_types_match_the_trainer(trained_workdir, tmp_path):
     both = json.load(f)
   assert both["benchmarks"] == {"x": {"acc": 0.5}} and set(both["splits"]) == {"validation", "test"}
   assert "validation" in eval_lib.format_table([both])
+  # --skip_done reuses what is stored; other settings evaluate again.
+  msgs = []
+  again = eval_lib.evaluate_run(trained_workdir, "8", splits=("validation",), max_tokens=256,
+                                output_dir=str(tmp_path), skip_done=True, log=msgs.append)
+  assert msgs == ["step 8: stored results reused"] and again[0]["benchmarks"] == {"x": {"acc": 0.5}}
+  eval_lib.evaluate_run(trained_workdir, "8", splits=("validation",), max_tokens=128,
+                        output_dir=str(tmp_path), skip_done=True, log=msgs.append)
+  assert "reused" not in msgs[-1]
 
 
 def test_bits_per_byte_by_hand(trained_workdir):
