@@ -28,6 +28,10 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   m.d_state = 8
   m.dense_hidden = 128
   m.compute_dtype = "float32"   # bf16 matmuls are slow on CPUs
+  # A tokenizer trained in seconds when none is given (data.tokenizer_path overrides;
+  # with the study tokenizer also pass --config.model.vocab_size=<its size>).
+  m.vocab_size = 4096           # data.vocab_size follows (a reference in default.py)
+  config.data.tokenizer_sample_bytes = 2_000_000
   config.data.seq_len = 128
   if m.get("max_len", 0) and m.max_len < 128:
     m.max_len = 128

@@ -75,7 +75,6 @@ def main(argv):
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ConfigError, DataError) as e:
-    logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if result.summary and jax_process_index() == 0:

@@ -386,3 +386,34 @@ def test_peak_flops_by_device_kind():
   assert cpu > 0 and "CPU" in source
   unknown, source = metrics.peak_tflops(SimpleNamespace(device_kind="Mystery", platform="gpu"))
   assert np.isnan(unknown) and "peak_tflops_per_device" in source
+
+
+def _fake_slimpajama(root):
+  """A SlimPajama-shaped directory (train / validation / test .jsonl.zst) of stdlib text."""
+  import zstandard
+  from mambaswelu_jax.data import sources
+  docs = list(sources.make_source({"source": "embedded"}).documents("train"))
+  n, sets = len(docs), ["RedPajamaWikipedia", "RedPajamaGithub", "RedPajamaBook"]
+  for split, lo, hi, name in (("train", 0, n - 200, "example_train_0"),
+                              ("validation", n - 200, n - 100, "example_holdout_0"),
+                              ("test", n - 100, n, "example_holdout_0")):
+    d = os.path.join(root, split, "chunk1")
+    os.makedirs(d)
+    lines = "".join(json.dumps({"text": x["text"], "meta": {"redpajama_set_name": sets[i % 3]}})
+                    + "\n" for i, x in enumerate(docs[lo:hi]))
+    with open(os.path.join(d, name + ".jsonl.zst"), "wb") as f:
+      f.write(zstandard.ZstdCompressor().compress(lines.encode()))
+
+
+@pytest.mark.slow
+def test_run_config_smoke_trains(tmp_path):
+  """`configs/slimpajama_chinchilla.py:smoke` on a SlimPajama-shaped directory: its own
+  tokenizer, accumulation, evaluation, checkpoints, snapshots and final params."""
+  from configs import slimpajama_chinchilla
+  _fake_slimpajama(str(tmp_path / "sp"))
+  config = slimpajama_chinchilla.get_config("smoke")
+  config.data.data_dir = str(tmp_path / "sp")
+  result = train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert result.step == 20 and result.final_metrics["validation_loss"] < np.log(4096)
+  assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["10", "20"]
+  assert sorted(os.listdir(tmp_path / "w" / "snapshots")) == ["10", "20"]
