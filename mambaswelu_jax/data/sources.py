@@ -278,10 +278,13 @@ SLIMPAJAMA_HELP = (
 def slimpajama_files(root: str, split: str) -> list[str]:
   """The split's .jsonl.zst files, in a fixed order (chunk, then file number)."""
   _check_split(split)
-  pattern = ("example_train_*.jsonl.zst" if split == "train"
-             else "example_holdout_*.jsonl.zst")
-  files = glob.glob(os.path.join(root, split, "chunk*", pattern))
+  files = glob.glob(slimpajama_pattern(root, split))
   return sorted(files, key=_natural_key)
+
+
+def slimpajama_pattern(root: str, split: str) -> str:
+  name = "example_train_*" if split == "train" else "example_holdout_*"
+  return os.path.join(root, split, "chunk*", name + ".jsonl.zst")
 
 
 def _natural_key(path: str) -> list:
@@ -356,7 +359,7 @@ class SlimPajamaSource(Source):
       if not slimpajama_files(self.root, split):
         raise DataError(
             f"slimpajama source: no files matching "
-            f"{os.path.join(self.root, split, 'chunk*', 'example_*.jsonl.zst')}"
+            f"{slimpajama_pattern(self.root, split)}"
             f" ({split} split). " + SLIMPAJAMA_HELP)
 
   def estimated_bytes(self, split: str) -> int | None:
