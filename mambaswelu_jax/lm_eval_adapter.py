@@ -59,12 +59,20 @@ def _lm_eval():
 
 def _make_class():
   _, TemplateLM, register_model = _lm_eval()
+  from lm_eval.api.registry import get_model  # pylint: disable=import-outside-toplevel
+  try:  # this module imported twice (as __main__ and by name): one registered class
+    existing = get_model(MODEL_NAME)
+    if getattr(existing, "is_mambaswelu_adapter", False):
+      return existing
+  except (KeyError, ValueError):
+    pass
 
   @register_model(MODEL_NAME)
   class MambaSweluLM(TemplateLM):
     """A restored MambaSWELU run as an lm-eval model."""
 
     backend = "causal"
+    is_mambaswelu_adapter = True
 
     def __init__(self, workdir: str | None = None, step: Any = "latest", batch_size: Any = 16,
                  max_length: int = 0, max_gen_toks: int = 256, run=None, **kwargs):
