@@ -25,6 +25,7 @@ def model_config() -> ml_collections.ConfigDict:
   m.swelu_k_init = 1.0
   m.swelu_lambda_init = 1.0
   m.swelu_learn_lambda = True
+  m.swelu_learn_k = True        # False: k stays at swelu_k_init (the fixed-k ablation)
   m.norm = "layernorm"          # layernorm | rmsnorm
   m.norm_eps = 1e-5
   m.learned_positions = False   # a selective SSM needs none; the original had them
@@ -33,6 +34,14 @@ def model_config() -> ml_collections.ConfigDict:
   m.scan_chunk = 16             # steps between the states the backward keeps
   m.compute_dtype = "bfloat16"  # matmuls; the scan, norms and SWELU stay in float32
   m.param_dtype = "float32"
+  # The architecture: the MambaSWELU model above, or a same-framework Transformer
+  # baseline (models/transformer.py; it reads d_model, n_layers, vocab_size, norm,
+  # norm_eps, learned_positions (else rotary), max_len (also its KV-cache length),
+  # compute_dtype and param_dtype, plus the fields below).
+  m.architecture = "mamba"      # mamba | transformer
+  m.n_heads = 4                 # transformer: attention heads (d_model % n_heads == 0)
+  m.mlp = "gelu"                # transformer: gelu | swiglu
+  m.mlp_hidden = 0              # transformer: MLP width; 0 -> 4 d (gelu) or 8/3 d (swiglu)
   return m
 
 

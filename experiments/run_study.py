@@ -17,6 +17,16 @@ and waits).
 
 Stages (--stage, comma-separated; default all): tokenizer, train, evaluate, benchmarks,
 generate, report. Timings go to ROOT/study_timing.json and into the report.
+
+--questions=all (or ablations,sweep) runs the study's open questions instead of its three
+runs (experiments/study_lib/questions.py): the ablations of a base run (SiLU, fixed k,
+gated conv, a same-size Transformer; configs/ablations.py) over --seeds, and the
+size sweep of both architectures (configs/scaling_sweep.py), launched in waves of
+--max_parallel runs, then the questions report (ablation deltas with seed intervals,
+L(N, D) fits with bootstrap intervals) in OUT/README.md. Its stages are tokenizer,
+train and report:
+
+  python experiments/run_study.py --scale=toy --questions=all --root=runs/toy_questions --out=docs/toy_questions
 """
 
 from __future__ import annotations
@@ -100,6 +110,25 @@ def wait_for_runs(root: str, specs, *, poll: float = 15.0, snapshot_path: str = 
     time.sleep(poll)
 
 
+def train_in_waves(root, specs, devices, extra, env, args, log) -> bool:
+  """Launches the runs `max_parallel` at a time (a finished run is skipped by the launch
+  plan, a dead one resumes), waiting for each wave to end. True when all finished."""
+  width = args.max_parallel or (6 if args.scale == "toy" else len(specs))
+  ok = True
+  for i in range(0, len(specs), width):
+    wave = specs[i:i + width]
+    log(f"wave {i // width + 1}: {', '.join(s.name for s in wave)}")
+    launch_study.launch(root, wave, runs_lib.parse_devices(devices, len(wave)),
+                        extra=tuple(extra), env_extra=env, out=log)
+    snap = os.path.join(root, "monitor_during_run.txt") if i == 0 else ""
+    if not wait_for_runs(root, wave, poll=args.poll, snapshot_path=snap, log=log):
+      ok = False
+      # A dead or diverging run ends the wait early: let the others of the wave finish.
+      while any(runs_lib.running_pid(runs_lib.paths(root, s.name)) for s in wave):
+        time.sleep(args.poll)
+  return ok
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -115,6 +144,11 @@ def main(argv=None) -> int:
   ap.add_argument("--gen_tokens", type=int, default=64)
   ap.add_argument("--gen_samples", type=int, default=3)
   ap.add_argument("--poll", type=float, default=15.0)
+  ap.add_argument("--questions", default="", help="all, or a comma-separated subset of "
+                  "ablations,sweep: run the open questions instead of the three runs")
+  ap.add_argument("--seeds", default="0,1", help="--questions: seeds of every ablation run")
+  ap.add_argument("--max_parallel", type=int, default=0,
+                  help="--questions: runs trained at once (0: 6 for the toy, all for full)")
   ap.add_argument("--override", action="append", default=[],
                   help="extra --config.x=y for every run (repeatable), e.g. a shorter smoke test")
   args = ap.parse_args(argv)
@@ -125,6 +159,11 @@ def main(argv=None) -> int:
   root = os.path.abspath(args.root)
   os.makedirs(root, exist_ok=True)
   specs = runs_lib.SCALES[args.scale]
+  if args.questions:
+    from experiments.study_lib import questions as questions_lib  # pylint: disable=import-outside-toplevel
+    specs = questions_lib.specs(args.scale, questions_lib.parse_questions(args.questions),
+                                tuple(int(x) for x in args.seeds.split(",") if x.strip()))
+    stages = tuple(s for s in stages if s in ("tokenizer", "train", "report"))
   timing_path = os.path.join(root, "study_timing.json")
   timing = runs_lib.load_json(timing_path) or {}
   t_all = time.time()
@@ -162,12 +201,14 @@ def main(argv=None) -> int:
     def train():
       devices = args.devices or ("none" if args.scale == "toy" else runs_lib.DEFAULT_DEVICES)
       env = {"JAX_PLATFORMS": "cpu"} if args.scale == "toy" else None
-      code = launch_study.launch(root, specs, runs_lib.parse_devices(devices, len(specs)),
-                                 extra=tuple(extra), env_extra=env, out=log)
-      if code:
-        log("some runs were already running; waiting for them")
-      return wait_for_runs(root, specs, poll=args.poll,
-                           snapshot_path=os.path.join(root, "monitor_during_run.txt"), log=log)
+      if not args.questions:
+        code = launch_study.launch(root, specs, runs_lib.parse_devices(devices, len(specs)),
+                                   extra=tuple(extra), env_extra=env, out=log)
+        if code:
+          log("some runs were already running; waiting for them")
+        return wait_for_runs(root, specs, poll=args.poll,
+                             snapshot_path=os.path.join(root, "monitor_during_run.txt"), log=log)
+      return train_in_waves(root, specs, devices, extra, env, args, log)
     ok = timed("train", train)
     if not ok:
       log("not every run finished; later stages use what exists")
@@ -214,8 +255,16 @@ def main(argv=None) -> int:
     notes += failures
     bench_note = bench_note or timing.get("benchmarks_note", "")
     cmd = "python experiments/run_study.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    path = timed("report", lambda: compare_lib.compare(
-        root, args.out, scale=args.scale, notes=notes, benchmark_note=bench_note, command=cmd))
+    if args.questions:
+      from experiments.study_lib import questions as questions_lib  # pylint: disable=import-outside-toplevel
+      notes = notes[1:] if args.scale == "toy" else notes  # the three-run study's toy note
+      path = timed("report", lambda: questions_lib.build_report(
+          collect.load_study(root, specs), args.out, scale=args.scale, notes=notes,
+          command=cmd))
+    else:
+      path = timed("report", lambda: compare_lib.compare(
+          root, args.out, scale=args.scale, notes=notes, benchmark_note=bench_note,
+          command=cmd))
     log(f"report: {path}")
   log(f"done in {(time.time() - t_all) / 60:.1f} min")
   return 1 if failures else 0

@@ -43,6 +43,8 @@ _CHOICES = {
     "model.activation": ("swelu", "silu"),
     "model.mixer": ("selective", "gated_conv"),
     "model.norm": ("layernorm", "rmsnorm"),
+    "model.architecture": ("mamba", "transformer"),
+    "model.mlp": ("gelu", "swiglu"),
 }
 
 
@@ -202,6 +204,14 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   for key in ("d_model", "n_layers", "d_state", "d_conv", "expand"):
     if key in m:
       _require(m[key] > 0, f"model.{key}", m[key], "it must be > 0")
+  if m.get("architecture", "mamba") == "transformer":
+    _require(m.n_heads > 0 and m.d_model % m.n_heads == 0, "model.n_heads", m.n_heads,
+             f"it must be > 0 and divide model.d_model = {m.d_model}")
+    _require(m.learned_positions or (m.d_model // m.n_heads) % 2 == 0, "model.n_heads",
+             m.n_heads, "rotary positions need an even head width d_model / n_heads")
+    _require(m.mlp_hidden >= 0, "model.mlp_hidden", m.mlp_hidden, "it must be >= 0 (0: default)")
+    _require(m.max_len >= d.seq_len, "model.max_len", m.max_len,
+             f"the Transformer's KV cache and positions must cover data.seq_len = {d.seq_len}")
   if m.get("learned_positions", False) and "max_len" in m:
     _require(m.max_len >= d.seq_len, "model.max_len", m.max_len,
              f"the learned position table must cover data.seq_len = {d.seq_len}")

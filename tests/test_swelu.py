@@ -78,3 +78,27 @@ def test_module_keeps_k_positive_and_counts_scalars():
   assert len(jax.tree.leaves(nnx.state(fixed, nnx.Param))) == 1
   out = fixed(jnp.asarray([0.5, -2.0], jnp.bfloat16))
   assert out.dtype == jnp.float32
+
+
+def test_fixed_k_is_a_variable_not_a_param():
+  act = SWELU(k_init=0.7, learn_k=False)
+  params = nnx.state(act, nnx.Param)
+  assert len(jax.tree.leaves(params)) == 1  # λ only
+  assert abs(float(act.k) - 0.7) < 1e-6
+  # The gradient with respect to the params reaches λ and nothing else; k stays put.
+  graphdef, params, rest = nnx.split(act, nnx.Param, ...)
+  g = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(jnp.linspace(-2, 2, 9))))(params)
+  assert len(jax.tree.leaves(g)) == 1
+  assert len(jax.tree.leaves(rest)) == 1  # k_raw
+
+
+def test_model_switch_swelu_learn_k():
+  from configs import default
+  from mambaswelu_jax.models import param_count
+  cfg = default.model_config()
+  cfg.update(vocab_size=97, d_model=24, n_layers=2, d_state=5, dense_hidden=40,
+             compute_dtype="float32")
+  learned = param_count(cfg)
+  cfg.swelu_learn_k = False
+  sites = 2 * cfg.n_layers + 3
+  assert param_count(cfg) == learned - sites

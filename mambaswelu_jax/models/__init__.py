@@ -6,14 +6,22 @@ from flax import nnx
 
 from mambaswelu_jax.models.lm import MambaLM
 from mambaswelu_jax.models.swelu import SWELU, swelu
+from mambaswelu_jax.models.transformer import TransformerLM, match_mamba_size
 
 # Parameters that AdamW decays: matrices and embedding tables. A_log, D, biases, norm
 # scales and SWELU scalars are left alone.
 _DECAYED = ("kernel", "embedding")
 
 
-def build_model(model_cfg, rngs: nnx.Rngs) -> MambaLM:
-  return MambaLM(model_cfg, rngs=rngs)
+ARCHITECTURES = {"mamba": MambaLM, "transformer": TransformerLM}
+
+
+def build_model(model_cfg, rngs: nnx.Rngs) -> MambaLM | TransformerLM:
+  """`model.architecture` (default "mamba") picks the model; both share one interface."""
+  arch = model_cfg.get("architecture", "mamba")
+  if arch not in ARCHITECTURES:
+    raise ValueError(f"model.architecture={arch!r}: choose one of {sorted(ARCHITECTURES)}.")
+  return ARCHITECTURES[arch](model_cfg, rngs=rngs)
 
 
 def count_parameters(model_or_state) -> int:
@@ -52,6 +60,6 @@ def swelu_scalars(model: MambaLM) -> dict:
   return out
 
 
-__all__ = ["MambaLM", "SWELU", "build_model", "count_parameters", "param_count",
-           "swelu", "swelu_scalars", "weight_decay_mask"]
+__all__ = ["ARCHITECTURES", "MambaLM", "SWELU", "TransformerLM", "build_model", "count_parameters", "param_count",
+           "match_mamba_size", "swelu", "swelu_scalars", "weight_decay_mask"]
 

@@ -49,13 +49,18 @@ def inverse_softplus(x):
 
 
 class SWELU(nnx.Module):
-  """One activation site: its own k (as softplus(k_raw), so k > 0) and λ."""
+  """One activation site: its own k (as softplus(k_raw), so k > 0) and λ.
+
+  Either scalar may be held fixed (`learn_k=False`, `learn_lambda=False`): it is then
+  a plain nnx.Variable, not an nnx.Param, so the optimiser never sees it.
+  """
 
   def __init__(self, k_init: float = 1.0, lambda_init: float = 1.0,
-               learn_lambda: bool = True):
+               learn_lambda: bool = True, learn_k: bool = True):
     if k_init <= 0:
       raise ValueError(f"SWELU: k_init={k_init} must be > 0.")
-    self.k_raw = nnx.Param(jnp.asarray(inverse_softplus(k_init), jnp.float32))
+    k_raw = jnp.asarray(inverse_softplus(k_init), jnp.float32)
+    self.k_raw = nnx.Param(k_raw) if learn_k else nnx.Variable(k_raw)
     lam = jnp.asarray(lambda_init, jnp.float32)
     self.lam = nnx.Param(lam) if learn_lambda else nnx.Variable(lam)
 
@@ -76,7 +81,8 @@ class SiLU(nnx.Module):
 
 def make_activation(cfg) -> nnx.Module:
   if cfg.activation == "swelu":
-    return SWELU(cfg.swelu_k_init, cfg.swelu_lambda_init, cfg.swelu_learn_lambda)
+    return SWELU(cfg.swelu_k_init, cfg.swelu_lambda_init, cfg.swelu_learn_lambda,
+                 learn_k=cfg.get("swelu_learn_k", True))
   if cfg.activation == "silu":
     return SiLU()
   raise ValueError(f"model.activation={cfg.activation!r}: choose 'swelu' or 'silu'.")

@@ -1,0 +1,110 @@
+"""The Transformer baseline: KV-cache decoding equals the full forward, parameter
+formula and matching against the Mamba model, FLOPs, and training through the real
+train_and_evaluate."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import default, demo
+from mambaswelu_jax.models import build_model, match_mamba_size, param_count
+from mambaswelu_jax.models.flops import flops_per_token
+from mambaswelu_jax.models.transformer import TransformerLM, transformer_param_count
+
+
+def tiny(**overrides):
+  cfg = default.model_config()
+  cfg.update(vocab_size=97, d_model=24, n_layers=2, n_heads=3, compute_dtype="float32",
+             max_len=32, architecture="transformer")
+  cfg.update(overrides)
+  return cfg
+
+
+@pytest.mark.parametrize("positions", [False, True])
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_kv_cache_decoding_equals_the_full_forward(positions, mlp):
+  cfg = tiny(learned_positions=positions, mlp=mlp, n_heads=2 if not positions else 3)
+  model = build_model(cfg, nnx.Rngs(1))
+  assert isinstance(model, TransformerLM)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (3, 11)))
+  full = model(tokens)
+  step = nnx.jit(lambda m, t, c: m.decode_step(t, c))
+  cache = model.init_cache(3)
+  for t in range(tokens.shape[1]):
+    logits, cache = step(model, tokens[:, t], cache)
+    np.testing.assert_allclose(logits, full[:, t], rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(cache["position"], [tokens.shape[1]] * 3)
+
+
+def test_attention_is_causal():
+  model = build_model(tiny(n_heads=2), nnx.Rngs(0))
+  a = jnp.asarray([[1, 2, 3, 4, 5, 6]])
+  b = a.at[0, 4:].set(9)
+  np.testing.assert_allclose(model(a)[:, :4], model(b)[:, :4], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"mlp": "swiglu"}, {"learned_positions": True},
+                                       {"norm": "rmsnorm", "mlp_hidden": 40}])
+def test_parameter_formula_equals_the_built_model(overrides):
+  cfg = tiny(**overrides)
+  assert transformer_param_count(cfg) == param_count(cfg)
+
+
+@pytest.mark.parametrize("size", [
+    dict(vocab_size=1024, d_model=64, n_layers=2, d_state=8, dense_hidden=128),
+    dict(vocab_size=1024, d_model=32, n_layers=2, d_state=8, dense_hidden=64),
+    dict(vocab_size=1024, d_model=128, n_layers=3, d_state=8, dense_hidden=256),
+    {},  # the study model
+])
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_matched_transformer_is_within_five_percent_of_the_mamba_model(size, mlp):
+  mamba = default.model_config()
+  mamba.update(size)
+  t = match_mamba_size(mamba, mlp=mlp)
+  n_mamba, n_t = param_count(mamba), param_count(t)
+  assert abs(n_t - n_mamba) / n_mamba <= 0.05, (n_mamba, n_t)
+  assert t.architecture == "transformer" and t.d_model == mamba.d_model
+  assert t.vocab_size == mamba.vocab_size
+
+
+def test_flops_count_weights_and_attention():
+  cfg = tiny()
+  f = flops_per_token(cfg, 16)
+  params = param_count(cfg)
+  norms = cfg.n_layers * 2 * 2 * cfg.d_model + 2 * cfg.d_model
+  assert f["matmul"] == 2 * (params - norms)  # every non-norm parameter is a matmul weight
+  assert f["attention"] == cfg.n_layers * 4 * cfg.d_model * 8.5
+  assert flops_per_token(cfg, 64)["forward"] > f["forward"]
+  assert f["training"] == 3 * f["forward"]
+
+
+def test_transformer_trains_through_train_and_evaluate(tmp_path):
+  from mambaswelu_jax import train  # pylint: disable=import-outside-toplevel
+  config = demo.get_config("tiny")
+  config.model.architecture = "transformer"
+  config.model.n_heads = 2
+  config.model.max_len = max(config.model.max_len, config.data.seq_len)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result.step == config.train.num_steps
+  m = result.final_metrics
+  assert np.isfinite(m["validation_loss"])
+  assert m["validation_loss"] < np.log(config.model.vocab_size)
+
+
+def test_generate_tokens_with_prompts_of_different_lengths_equals_greedy_reforward():
+  from mambaswelu_jax import generate  # pylint: disable=import-outside-toplevel
+  cfg = tiny(vocab_size=50, n_layers=1, n_heads=2)
+  model = build_model(cfg, nnx.Rngs(3))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  prompts = jnp.asarray([[1, 2, 3, 4], [5, 6, 0, 0]], jnp.int32)
+  toks = generate.generate_tokens(params, rest, prompts, jnp.asarray([4, 2]), jax.random.key(0),
+                                  0.0, 0, 1.0, -1, graphdef=graphdef, max_new_tokens=4)
+  forward = nnx.jit(lambda m, t: m(t))  # one fixed width: causal, so padding is harmless
+  for i, length in enumerate([4, 2]):
+    buf = np.zeros((1, 8), np.int32)
+    buf[0, :length] = prompts[i, :length]
+    for j in range(4):
+      buf[0, length + j] = int(jnp.argmax(forward(model, jnp.asarray(buf))[0, length + j - 1]))
+    assert buf[0, length:length + 4].tolist() == [int(t) for t in toks[i]]
