@@ -158,3 +158,25 @@ def test_questions_report_reads_ablations_and_fits_the_sweep(tmp_path):
   assert fits["mamba"]["alpha"] == pytest.approx(0.4, abs=0.1)
   assert fits["transformer"]["alpha"] == pytest.approx(0.6, abs=0.1)
   assert "Q5" in text and "cannot" in text and "scaling_sweep.png" in text
+
+
+@pytest.mark.slow
+def test_toy_questions_end_to_end(tmp_path):
+  """The real `run_study --questions=all` pipeline (detached runs, waves, report), with
+  every run cut to a few steps; the full toy run is the committed docs/toy_questions."""
+  import os
+  from experiments import run_study  # pylint: disable=import-outside-toplevel
+  from experiments.study_lib import questions, status as status_lib
+  root, out = str(tmp_path / "q"), str(tmp_path / "report")
+  code = run_study.main([f"--root={root}", f"--out={out}", "--poll=3", "--questions=all",
+                         "--seeds=0", "--max_parallel=7",
+                         "--override=--config.train.num_steps=6",
+                         "--override=--config.train.warmup_steps=2",
+                         "--override=--config.eval.every_steps=2"])
+  assert code == 0
+  for spec in questions.specs("toy", seeds=(0,)):
+    st = status_lib.run_status(root, spec.name)
+    assert st.state == "done", (spec.name, st.state, st.reason)
+  text = open(os.path.join(out, "README.md")).read()
+  for s in ("## 1. Runs", "Q1", "Q4", "Q5", "cannot"):
+    assert s in text, s

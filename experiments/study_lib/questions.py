@@ -83,6 +83,28 @@ def _role(run) -> list:
   return (run.role or "").split(":")
 
 
+def num_params(run) -> int | None:
+  """The run's parameter count: recorded by the study, else the trainer's log line
+  ('model: 158,336 parameters'), else counted from its config (imports the model)."""
+  if run.num_params:
+    return run.num_params
+  import re  # pylint: disable=import-outside-toplevel
+  try:
+    with open(os.path.join(run.workdir, "train.log"), encoding="utf-8") as f:
+      found = re.findall(r"model: ([\d,]+) parameters", f.read())
+    if found:
+      run.num_params = int(found[-1].replace(",", ""))
+      return run.num_params
+  except OSError:
+    pass
+  model = (run.config or {}).get("model")
+  if model:
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    from mambaswelu_jax import config_validation  # pylint: disable=import-outside-toplevel
+    run.num_params = config_validation.parameter_count(ml_collections.ConfigDict(model))
+  return run.num_params
+
+
 def ablation_table(runs) -> dict:
   """{ablation: {seed: final validation loss}} ('none' is the base)."""
   out = {}
@@ -101,7 +123,7 @@ def sweep_points(runs, arch: str, min_fraction: float = 0.3):
   n, d, y, g = [], [], [], []
   for i, r in enumerate(runs):
     role = _role(r)
-    if role[0] != "sweep" or role[1] != arch or not r.num_params:
+    if role[0] != "sweep" or role[1] != arch or not num_params(r):
       continue
     xs, ys = r.series("validation_loss")
     for x, v in zip(xs, ys):
@@ -133,7 +155,7 @@ def section_runs(runs) -> list:
     v = r.final_validation() or {}
     m = (r.config or {}).get("model", {})
     rows.append([f"`{r.name}`", m.get("architecture", "mamba"),
-                 f"d={m.get('d_model')}, L={m.get('n_layers')}", f"{r.num_params or 0:,}",
+                 f"d={m.get('d_model')}, L={m.get('n_layers')}", f"{num_params(r) or 0:,}",
                  f"{r.planned_tokens:,}", _fmt(v.get("loss")), _fmt(v.get("bits_per_byte")),
                  f"{r.wall_seconds / 60:.1f} min", "yes" if r.finished else "no"])
   return ["## 1. Runs", "", *_table(
@@ -199,6 +221,17 @@ def section_ablations(runs) -> tuple[list, dict]:
            else "")
     lines.append(f"- **{q} ({title})**: Δ = {a['delta']:+.4f} nats over {a['n']} seed(s)"
                  + (f" ({rel})" if rel else "") + f": {a['verdict']}.")
+  ks = []
+  for r in runs:
+    role = _role(r)
+    if role[0] == "ablation" and role[1] == "none" and r.metrics:
+      last = [m for m in r.metrics if any(k.startswith("swelu/") for k in m)]
+      if last:
+        ks += [v for k, v in last[-1].items() if k.startswith("swelu/") and k.endswith("/k")]
+  if ks:
+    lines.append(f"- In the base runs the learned k ended between {min(ks):.3f} and "
+                 f"{max(ks):.3f} over {len(ks)} site(s) (k starts at 1): how far k moves "
+                 "bounds what fixing it can change.")
   lines += ["", "Whether SWELU's effect is dataset-dependent needs the same ablation on "
             "each of the study's data sets (`--config=configs/ablations.py:silu/wikipedia_llama`"
             " beside `silu/slimpajama_llama`); the toy questions run the mixture base only."]
