@@ -100,11 +100,12 @@ class Run:
 
   @property
   def max_length(self) -> int:
-    """Longest sequence scored in one piece: the training length (learned positions
-    cap it at the position table)."""
+    """Longest sequence scored in one piece: the training length (capped at model.max_len
+    by learned positions or a Transformer's KV cache)."""
     n = int(self.config.data.seq_len)
-    if self.config.model.get("learned_positions", False):
-      n = min(n, int(self.config.model.max_len))
+    m = self.config.model
+    if m.get("learned_positions", False) or m.get("architecture", "mamba") != "mamba":
+      n = min(n, int(m.max_len))   # a position table or a KV cache of max_len positions
     return n
 
 

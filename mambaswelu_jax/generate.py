@@ -207,6 +207,11 @@ class Generator:
     if n == 0 or max_new_tokens <= 0:
       return [[] for _ in prompts], 0.0, 0.0
     cfg = self.run.config.model
+    if cfg.get("architecture", "mamba") != "mamba":
+      longest = max(len(p) for p in prompts) + max_new_tokens
+      if longest > int(cfg.max_len):
+        raise ValueError(f"prompt + max_new_tokens = {longest} tokens, but the model's KV "
+                         f"cache holds model.max_len = {cfg.max_len} positions")
     if cfg.get("learned_positions", False) and len({len(p) for p in prompts}) > 1:
       # A learned position table needs one position per step for the whole batch.
       outs, secs, comp = [], 0.0, 0.0
