@@ -89,6 +89,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.stop_at_step = 0        # >0: checkpoint and stop there (resume later); schedule unchanged
   config.train.peak_tflops_per_device = 0.0  # 0 -> from the device kind (for MFU)
   config.train.data_streams = 0        # data streams making the global batch; 0 -> one per process
+  # Non-finite steps (README "Fault tolerance"): a step whose loss, gradients or new
+  # params are NaN/Inf is not applied (counted as skipped_updates); after this many in
+  # a row the last good checkpoint is reloaded and the learning rate scaled.
+  config.train.max_consecutive_nonfinite = 8  # 0: never reload (skip only)
+  config.train.nonfinite_lr_factor = 0.5      # learning-rate scale applied at each reload
+  config.train.max_nonfinite_reloads = 5      # then stop with exit status 4 (diverged)
+  config.train.data_order_log = True   # DIR/data_order.jsonl: a hash of each step's batch
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 5000  # full state (params, optimizer, data iterator)
@@ -96,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.snapshot_every_steps = 5000  # params-only snapshots, kept forever; 0 -> none
   config.checkpoint.async_save = True
   config.checkpoint.allow_config_change = False  # resume a workdir written by another config
+  config.checkpoint.on_write_error = "continue"  # continue | stop (exit status 3): a failed write
 
   config.eval = ml_collections.ConfigDict()
   config.eval.every_steps = 1000

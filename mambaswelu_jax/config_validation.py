@@ -29,6 +29,10 @@ RESUMABLE_CHANGES = (
     "train.stop_at_step",
     "train.peak_tflops_per_device",
     "train.micro_batch_per_device",
+    "train.max_consecutive_nonfinite",
+    "train.nonfinite_lr_factor",
+    "train.max_nonfinite_reloads",
+    "train.data_order_log",
     "model.scan_impl",
     "model.scan_chunk",
     "checkpoint.*",
@@ -45,6 +49,7 @@ _CHOICES = {
     "model.norm": ("layernorm", "rmsnorm"),
     "model.architecture": ("mamba", "transformer"),
     "model.mlp": ("gelu", "swiglu"),
+    "checkpoint.on_write_error": ("continue", "stop"),
 }
 
 
@@ -183,6 +188,13 @@ def check_values(config: ml_collections.ConfigDict) -> None:
            "it must be >= 0 (0: run to train.num_steps)")
   _require(t.peak_tflops_per_device >= 0, "train.peak_tflops_per_device",
            t.peak_tflops_per_device, "it must be >= 0 (0: from the device kind)")
+  if "max_consecutive_nonfinite" in t:
+    _require(t.max_consecutive_nonfinite >= 0, "train.max_consecutive_nonfinite",
+             t.max_consecutive_nonfinite, "it must be >= 0 (0: never reload)")
+    _require(0.0 < t.nonfinite_lr_factor <= 1.0, "train.nonfinite_lr_factor",
+             t.nonfinite_lr_factor, "it must lie in (0, 1]")
+    _require(t.max_nonfinite_reloads >= 0, "train.max_nonfinite_reloads",
+             t.max_nonfinite_reloads, "it must be >= 0")
   _require(c.every_steps > 0, "checkpoint.every_steps", c.every_steps, "it must be > 0")
   _require(c.max_to_keep >= 1, "checkpoint.max_to_keep", c.max_to_keep, "keep at least 1")
   _require(c.snapshot_every_steps >= 0, "checkpoint.snapshot_every_steps",

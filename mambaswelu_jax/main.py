@@ -9,6 +9,8 @@ when --coordinator_address (with --num_processes, --process_id) or the environme
 detects itself, with --distributed) says the run spans processes.
 
 Exit status: 0 done (or stopped at train.stop_at_step), 2 bad config or data,
+3 a checkpoint write failed with checkpoint.on_write_error="stop" (earlier checkpoints
+intact), 4 diverged (non-finite steps after train.max_nonfinite_reloads reloads),
 143 stopped by SIGTERM after saving a checkpoint (rerun the same command to resume).
 """
 
@@ -77,6 +79,9 @@ def main(argv):
   except (ConfigError, DataError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except train.TrainingStopped as e:  # write error ("stop") or divergence: see train.py
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
   if result.summary and jax_process_index() == 0:
     print(result.summary, flush=True)
   if result.preempted:

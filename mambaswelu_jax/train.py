@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import math
 import os
@@ -50,6 +52,20 @@ DATA_AXIS = "data"
 # (the status a shell reports for a process ended by SIGTERM: schedulers treat it
 # as a preemption, and rerunning the same command resumes).
 PREEMPTED_EXIT_CODE = 143
+# Exit status when a checkpoint write failed and checkpoint.on_write_error = "stop"
+# (the checkpoints already on disk are intact; free space and rerun to resume).
+WRITE_ERROR_EXIT_CODE = 3
+# Exit status when the run kept producing non-finite updates after
+# train.max_nonfinite_reloads reloads of the last good checkpoint.
+DIVERGED_EXIT_CODE = 4
+
+
+class TrainingStopped(RuntimeError):
+  """The run stopped on a fault it could not get past; `exit_code` is main's status."""
+
+  def __init__(self, message: str, exit_code: int):
+    super().__init__(message)
+    self.exit_code = exit_code
 
 TrainState = dict  # {"step": int32 scalar, "params": nnx.State, "opt_state": optax state}
 
@@ -132,14 +148,23 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
 
 
-def train_step(state: TrainState, batch: dict, rest: Any, *, graphdef: Any,
-               tx: optax.GradientTransformation, accum_steps: int,
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def train_step(state: TrainState, batch: dict, rest: Any, lr_scale: jax.Array | None = None,
+               *, graphdef: Any, tx: optax.GradientTransformation, accum_steps: int,
                axis_name: str | None = DATA_AXIS) -> tuple[TrainState, dict]:
   """One optimizer step on this device's slice of the global batch.
 
   batch["inputs"], batch["targets"]: int32 (accum_steps * micro, L). Gradients of the
   mean token loss are accumulated in float32 over micro-batches, averaged over the
-  mesh, clipped and applied.
+  mesh, clipped and applied, scaled by `lr_scale` (1 unless non-finite steps made the
+  loop lower it). When the loss, the gradient norm or the new parameters are not
+  finite the update is dropped inside the step (params and optimizer state stay as
+  they were; `step` still advances past the batch) and metrics["skipped_update"] is 1.
   """
   params = state["params"]
 
@@ -169,9 +194,19 @@ def train_step(state: TrainState, batch: dict, rest: Any, *, graphdef: Any,
     loss, grads = jax.lax.pmean((loss, grads), axis_name)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state["opt_state"], params)
-  new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
-               "opt_state": opt_state}
-  return new_state, {"train_loss": loss, "grad_norm": grad_norm}
+  if lr_scale is not None:
+    updates = jax.tree.map(lambda u: u * lr_scale.astype(u.dtype), updates)
+  new_params = optax.apply_updates(params, updates)
+  # Identical on every device (loss and gradients are averaged over the mesh).
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_params)
+
+  def keep_if_bad(new, old):
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+  new_state = {"step": state["step"] + 1, "params": keep_if_bad(new_params, params),
+               "opt_state": keep_if_bad(opt_state, state["opt_state"])}
+  return new_state, {"train_loss": loss, "grad_norm": grad_norm,
+                     "skipped_update": 1.0 - ok.astype(jnp.float32)}
 
 
 def eval_step(params: Any, batch: dict, rest: Any, *, graphdef: Any,
@@ -188,13 +223,21 @@ def eval_step(params: Any, batch: dict, rest: Any, *, graphdef: Any,
 
 
 def make_train_step(mesh: Mesh, parts: ModelParts, accum_steps: int) -> Callable:
-  """jit(shard_map(train_step)): state and rest replicated, batch split on `data`;
-  the state argument is donated."""
+  """jit(shard_map(train_step)): state, rest and lr_scale replicated, batch split on
+  `data`; the state argument is donated. Called as step(state, batch, rest) or
+  step(state, batch, rest, lr_scale) (a float32 scalar, default 1)."""
   fn = functools.partial(train_step, graphdef=parts.graphdef, tx=parts.tx,
                          accum_steps=accum_steps)
-  sharded = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
+  sharded = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(), P()),
                           out_specs=(P(), P()), check_vma=False)
-  return jax.jit(sharded, donate_argnums=(0,))
+  jitted = jax.jit(sharded, donate_argnums=(0,))
+  one = jax.device_put(jnp.ones((), jnp.float32), NamedSharding(mesh, P()))
+
+  def step(state, batch, rest, lr_scale=None):
+    return jitted(state, batch, rest, one if lr_scale is None else lr_scale)
+
+  step.jitted = jitted
+  return step
 
 
 def make_eval_step(mesh: Mesh, parts: ModelParts) -> Callable:
@@ -345,11 +388,20 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
                           state)
   restored = ckpts.restore_latest(abstract, data.train_iter)
   start_step = 0
+  faults = {"skipped_updates": 0, "nonfinite_reloads": 0, "checkpoint_write_errors": 0,
+            "lr_scale": 1.0}  # kept in each checkpoint's meta, so a resume continues them
   if restored is not None:
     start_step, state = restored
+    faults.update({k: type(v)(ckpts.restored_meta.get(k, v)) for k, v in faults.items()})
     log.info("resumed from %s/checkpoints/%d", workdir, start_step)
+    if faults["lr_scale"] != 1.0:
+      log.info("learning rate scaled by %g (after %d reload(s) on non-finite steps)",
+               faults["lr_scale"], faults["nonfinite_reloads"])
   elif resumed_workdir:
     log.info("workdir %s has no checkpoint yet: starting from step 0", workdir)
+  replicated = NamedSharding(mesh, P())
+  lr_scale = jax.device_put(jnp.asarray(faults["lr_scale"], jnp.float32), replicated)
+  data_order = _DataOrderLog(workdir, start_step) if tc.data_order_log else None
 
   # --- Metrics.
   writer = metrics_lib.MetricsWriter(workdir, is_main=is_main, resume_step=start_step)
@@ -375,6 +427,59 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
       pass
     return out
 
+  def recover(reason: str) -> None:
+    """Back to the last good checkpoint's params and optimizer state, with the learning
+    rate scaled by train.nonfinite_lr_factor. The step counter and the data stream go on
+    (the batches since that checkpoint are not replayed: they are counted as skipped)."""
+    nonlocal state, lr_scale
+    faults["nonfinite_reloads"] += 1
+    if faults["nonfinite_reloads"] > int(tc.max_nonfinite_reloads):
+      raise TrainingStopped(
+          f"step {step}: {reason}; train.max_nonfinite_reloads={tc.max_nonfinite_reloads} "
+          f"reloads did not help. Lower --config.train.learning_rate, or check the data.",
+          DIVERGED_EXIT_CODE)
+    _wait_for_saves()
+    good = ckpts.restore_latest(abstract, None)
+    if good is None:
+      good_step, (_, fresh, _) = 0, create_train_state(config, mesh)
+    else:
+      good_step, fresh = good
+    faults["lr_scale"] *= float(tc.nonfinite_lr_factor)
+    lr_scale = jax.device_put(jnp.asarray(faults["lr_scale"], jnp.float32), replicated)
+    state = {"step": state["step"], "params": fresh["params"],
+             "opt_state": fresh["opt_state"]}
+    log.warning("step %d: %s; reloaded the params of step %d (reload %d of at most %d), "
+                "learning rate now x%g", step, reason, good_step, faults["nonfinite_reloads"],
+                tc.max_nonfinite_reloads, faults["lr_scale"])
+
+  def on_write_error(error: Exception, what: str) -> None:
+    faults["checkpoint_write_errors"] += 1
+    log.error("step %d: %s failed; earlier checkpoints are intact: %s", step, what, error)
+    if config.checkpoint.on_write_error == "stop":
+      raise TrainingStopped(f"step {step}: {what} failed: {error}\nThe checkpoints already "
+                            f"written are intact: free space (or fix the error) and rerun the "
+                            f"same command to resume.", WRITE_ERROR_EXIT_CODE)
+
+  def _wait_for_saves() -> None:
+    try:
+      ckpts.wait()
+    except checkpointing.CheckpointWriteError as e:
+      on_write_error(e, "an asynchronous checkpoint write")
+
+  def save_state(retry: bool = True) -> None:
+    try:
+      ckpts.save(step, state, data.train_iter, meta=dict(faults))
+    except checkpointing.NonFiniteState as e:
+      recover(str(e))
+      if retry:  # the reloaded (finite) params at this step
+        save_state(retry=False)
+    except checkpointing.CheckpointWriteError as e:
+      on_write_error(e, f"saving the checkpoint of step {step}")
+      if retry:  # the error may be an earlier asynchronous write's: this step once more
+        save_state(retry=False)
+
+  consecutive_skips = 0        # non-finite steps in a row (seen at each log step)
+
   # --- Loop.
   step = start_step
   preempted = False
@@ -395,7 +500,9 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
         batch = next(data.train_iter)
         arrays, extra = split_batch(batch)
         extra_counts.update(extra)
-        state, step_metrics = train_step_fn(state, to_global(arrays, mesh), rest)
+        if data_order is not None:
+          data_order.record(step + 1, arrays)
+        state, step_metrics = train_step_fn(state, to_global(arrays, mesh), rest, lr_scale)
         step += 1
         pending.append(step_metrics)
         if not first_step_done:  # compilation: keep it out of the timings
@@ -411,9 +518,20 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
 
         scalars: dict = {}
         if step % tc.log_every_steps == 0 or step == num_steps:
-          scalars.update(_train_scalars(pending, step_metrics, interval_start, interval_steps,
+          fetched = jax.device_get(pending or [step_metrics])
+          scalars.update(_train_scalars(fetched, interval_start, interval_steps,
                                         paused, tokens_per_step, flops, len(devices), peak,
                                         schedule, step))
+          for m in fetched:
+            skipped = bool(m["skipped_update"] > 0)
+            faults["skipped_updates"] += int(skipped)
+            consecutive_skips = consecutive_skips + 1 if skipped else 0
+          scalars["learning_rate"] *= faults["lr_scale"]
+          scalars.update({k: float(v) for k, v in faults.items()})
+          if consecutive_skips:
+            log.warning("step %d: %d update(s) in a row skipped (non-finite loss, gradients "
+                        "or params); %d skipped in all", step, consecutive_skips,
+                        faults["skipped_updates"])
           scalars.update(swelu_and_counts(state["params"]))
           scalars.update(_gather_counts(extra_counts))
           eta = (num_steps - step) * scalars.get("step_time", float("nan"))
@@ -422,6 +540,10 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
                    scalars["learning_rate"], scalars["grad_norm"], scalars["tokens_per_second"],
                    scalars["step_time"], 100 * scalars["mfu"], _fmt_time(eta))
           interval_start, interval_steps, paused, pending = time.perf_counter(), 0, 0.0, []
+          if tc.max_consecutive_nonfinite and consecutive_skips >= tc.max_consecutive_nonfinite:
+            recover(f"{consecutive_skips} non-finite steps in a row "
+                    f"(train.max_consecutive_nonfinite={tc.max_consecutive_nonfinite})")
+            consecutive_skips = 0
 
         t0 = time.perf_counter()
         if (ec.every_steps and step % ec.every_steps == 0) or step == num_steps:
@@ -438,10 +560,17 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
           stop = ckpts.reached_preemption(step)
         if (step % config.checkpoint.every_steps == 0 or stop or step == num_steps
             or step == stop_at):
-          ckpts.save(step, state, data.train_iter)
+          if data_order is not None:
+            data_order.flush()
+          save_state()
         snap = config.checkpoint.snapshot_every_steps
         if snap and step % snap == 0:
-          ckpts.save_snapshot(step, state["params"])
+          try:
+            ckpts.save_snapshot(step, state["params"])
+          except checkpointing.NonFiniteState as e:
+            recover(str(e))
+          except checkpointing.CheckpointWriteError as e:
+            on_write_error(e, f"saving the params snapshot of step {step}")
         paused += time.perf_counter() - t0
         if stop:
           preempted = True
@@ -451,7 +580,11 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
 
     # --- End: final params, a text sample.
     if step >= num_steps and not preempted:
-      ckpts.save_final(step, state["params"])
+      _wait_for_saves()
+      try:
+        ckpts.save_final(step, state["params"])
+      except checkpointing.CheckpointWriteError as e:
+        on_write_error(e, "saving the final params")
       if start_step == num_steps:
         log.info("run already complete at step %d", step)
       if ec.sample_tokens > 0:
@@ -463,8 +596,18 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
         log.info("sample (temperature %.2f):\n%s%s", ec.sample_temperature, ec.sample_prompt,
                  text)
   finally:  # pending async saves finish; writers flush, also on errors
-    ckpts.close()
+    if data_order is not None:
+      data_order.close()
     writer.close()
+    try:
+      ckpts.close()
+    except checkpointing.CheckpointWriteError as e:
+      faults["checkpoint_write_errors"] += 1
+      log.error("a pending checkpoint write failed; earlier checkpoints are intact: %s", e)
+      if preempted or config.checkpoint.on_write_error == "stop" or step >= num_steps:
+        raise TrainingStopped(f"the last checkpoint write failed: {e}\nThe checkpoints "
+                              f"already written are intact: rerun the same command to "
+                              f"resume.", WRITE_ERROR_EXIT_CODE) from e
   elapsed = time.perf_counter() - run_start
   log.info("done at step %d in %s", step, _fmt_time(elapsed))
   summary = _summary(workdir, step, num_steps, elapsed, preempted, first_loss, final_eval,
@@ -502,11 +645,12 @@ def _flops_per_token(config) -> float:
   return float(flops_per_token(config.model, int(config.data.seq_len))["training"])
 
 
-def _train_scalars(pending, last_metrics, interval_start, interval_steps, paused,
+def _train_scalars(fetched, interval_start, interval_steps, paused,
                    tokens_per_step, flops, num_devices, peak, schedule, step) -> dict:
-  fetched = jax.device_get(pending or [last_metrics])
-  loss = float(np.mean([m["train_loss"] for m in fetched]))
-  grad_norm = float(np.mean([m["grad_norm"] for m in fetched]))
+  """Means over the applied steps of the interval (NaN when every one was skipped)."""
+  applied = [m for m in fetched if not m.get("skipped_update", 0) > 0]
+  loss = float(np.mean([m["train_loss"] for m in applied])) if applied else float("nan")
+  grad_norm = float(np.mean([m["grad_norm"] for m in applied])) if applied else float("nan")
   elapsed = time.perf_counter() - interval_start - paused
   if interval_steps > 0 and elapsed > 0:
     step_time = elapsed / interval_steps
@@ -518,6 +662,55 @@ def _train_scalars(pending, last_metrics, interval_start, interval_steps, paused
           "grad_norm": grad_norm, "tokens_per_second": tps, "step_time": step_time,
           "tflops_per_device": tflops, "mfu": tflops / peak if peak and peak > 0 else float("nan"),
           "tokens_seen": float(step * tokens_per_step)}
+
+
+class _DataOrderLog:
+  """DIR/data_order.jsonl: one line per step, {"step", "sha"}, a hash of the batch this
+  process trained on (inputs and targets). Cheap (one short write per step), it lets a
+  test or a person check that a resumed run saw exactly the batches of an
+  uninterrupted one: after a crash the steps since the last checkpoint are recorded
+  again, each with the hash it had before. Other processes write data_order.<i>.jsonl."""
+
+  def __init__(self, workdir: str, start_step: int):
+    i = jax.process_index()
+    self.path = os.path.join(workdir, "data_order.jsonl" if i == 0 else f"data_order.{i}.jsonl")
+    torn = os.path.exists(self.path) and os.path.getsize(self.path) > 0 and open(
+        self.path, "rb").read()[-1:] != b"\n"  # a line cut by a crash
+    self._f = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+    if torn:
+      self._f.write("\n")
+    if start_step:
+      self._f.write(json.dumps({"resumed_at": int(start_step)}) + "\n")
+
+  def record(self, step: int, arrays: dict) -> None:
+    h = hashlib.blake2b(digest_size=8)
+    for k in sorted(arrays):
+      a = np.ascontiguousarray(np.asarray(arrays[k]))
+      h.update(k.encode())
+      h.update(str(a.shape).encode())
+      h.update(a.tobytes())
+    self._f.write(f'{{"step": {int(step)}, "sha": "{h.hexdigest()}"}}\n')
+
+  def flush(self) -> None:
+    self._f.flush()
+
+  def close(self) -> None:
+    self._f.close()
+
+
+def read_data_order(path: str) -> dict[int, list[str]]:
+  """{step: [hash, ...]} from a data-order log (a step recorded again after a resume
+  appears more than once; a line cut by a crash is ignored)."""
+  out: dict[int, list[str]] = {}
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        r = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if "step" in r:
+        out.setdefault(int(r["step"]), []).append(r["sha"])
+  return out
 
 
 def _gather_counts(counts: dict) -> dict:

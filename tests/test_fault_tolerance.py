@@ -1,0 +1,452 @@
+"""Fault tolerance (issue 8) on `configs/demo.py:tiny`: non-finite steps, corrupt
+checkpoints, write errors, bad data, kill -9 with a data-order record.
+
+The kill -9 sweep over several seeds is `slow`; one seed runs in the default suite.
+`experiments/fault_injection.py` runs every fault N times and prints the table."""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import demo
+from mambaswelu_jax import checkpointing, train
+from mambaswelu_jax.metrics import read_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Runs of one config compile once: later runs (and subprocesses) read the cache."""
+  path = str(tmp_path_factory.mktemp("jax_cache"))
+  old = (jax.config.jax_compilation_cache_dir,
+         jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  yield path
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+  os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+  os.environ.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+  from mambaswelu_jax.data import tokenizer
+  workdir = str(tmp_path_factory.mktemp("tok"))
+  return tokenizer.prepare_tokenizer(demo.get_config("tiny").data, workdir)
+
+
+def tiny(tokenizer_path, **overrides):
+  config = demo.get_config("tiny")
+  config.data.tokenizer_path = tokenizer_path
+  config.eval.sample_tokens = 0
+  for key, value in overrides.items():
+    block, field = key.split("__")
+    config[block][field] = value
+  return config
+
+
+def leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def assert_same(a, b):
+  for x, y in zip(leaves(a), leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def straight(tokenizer_path, tmp_path_factory):
+  """An uninterrupted run of NUM_STEPS steps (checkpoints at 4 and 8)."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  return workdir, train.train_and_evaluate(tiny(tokenizer_path), workdir)
+
+
+def _log(workdir):
+  return open(os.path.join(workdir, "train.log"), encoding="utf-8").read()
+
+
+# --- 4. non-finite steps ------------------------------------------------------------
+
+
+def _bad_batch(arrays, vocab):
+  """An out-of-range token id: its embedding row is NaN, so loss and gradients are."""
+  arrays = {k: np.array(v) for k, v in arrays.items()}
+  arrays["inputs"][0, 0] = vocab
+  return arrays
+
+
+def test_nonfinite_step_leaves_state_unchanged(tokenizer_path):
+  """NaN in the batch, then NaN in a parameter: the jitted step keeps params and
+  optimizer state as they were and reports skipped_update = 1; a good batch updates."""
+  config = tiny(tokenizer_path)
+  mesh = train.make_mesh(jax.devices()[:1])
+  parts, state, rest = train.create_train_state(config, mesh)
+  step_fn = train.make_train_step(mesh, parts, accum_steps=4)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 512, (8, 33), dtype=np.int32)
+  good = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+
+  before = jax.device_get(state)
+  state, m = step_fn(state, train.to_global(_bad_batch(good, 512), mesh), rest)
+  assert float(m["skipped_update"]) == 1.0 and not np.isfinite(float(m["train_loss"]))
+  assert_same(state["params"], before["params"])
+  assert_same(state["opt_state"], before["opt_state"])
+  assert int(state["step"]) == 1  # the batch is consumed
+
+  for _ in range(2):  # the warmup's first learning rate is 0: the skip did not advance it
+    state, m = step_fn(state, train.to_global(good, mesh), rest)
+    assert float(m["skipped_update"]) == 0.0
+  changed = jax.device_get(state)
+  assert any(not np.array_equal(a, b) for a, b in zip(leaves(changed["params"]),
+                                                      leaves(before["params"])))
+
+  # NaN in one parameter: every step from then on is skipped, nothing else moves.
+  poisoned = jax.tree.map(np.array, changed)
+  first = jax.tree.leaves(poisoned["params"])[0]
+  first[(0,) * first.ndim] = np.nan
+  state = jax.device_put(poisoned, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  state, m = step_fn(state, train.to_global(good, mesh), rest)
+  assert float(m["skipped_update"]) == 1.0
+  assert_same(state["params"], poisoned["params"])
+
+
+def test_nonfinite_batches_reload_and_scale_lr(tokenizer_path, tmp_path, monkeypatch):
+  """Bad batches at steps 5 and 6 with train.max_consecutive_nonfinite=2: two updates
+  skipped, the step-4 checkpoint reloaded, the learning rate halved, the run finishes
+  with finite checkpoints, and the counters survive in the checkpoint's meta."""
+  real_split = train.split_batch
+  calls = {"n": 0}
+
+  def split(batch, *args, **kwargs):
+    arrays, extra = real_split(batch, *args, **kwargs)
+    calls["n"] += 1
+    return (_bad_batch(arrays, 512) if calls["n"] in (5, 6) else arrays), extra
+
+  monkeypatch.setattr(train, "split_batch", split)
+  workdir = str(tmp_path)
+  result = train.train_and_evaluate(
+      tiny(tokenizer_path, train__max_consecutive_nonfinite=2, train__nonfinite_lr_factor=0.5),
+      workdir)
+  assert result.step == NUM_STEPS
+  last = read_jsonl(os.path.join(workdir, "metrics.jsonl"))[-1]
+  assert last["skipped_updates"] == 2 and last["nonfinite_reloads"] == 1
+  assert last["lr_scale"] == 0.5 and np.isfinite(last["train_loss"])
+  log = _log(workdir)
+  assert "2 non-finite steps in a row" in log and "reloaded the params of step 4" in log
+  meta = json.load(open(os.path.join(workdir, "checkpoints", "8", "meta", "metadata")))
+  assert meta["lr_scale"] == 0.5 and meta["skipped_updates"] == 2
+  assert all(np.all(np.isfinite(x)) for x in leaves(result.state["params"]))
+
+
+def test_nonfinite_param_is_never_checkpointed(tokenizer_path, tmp_path, monkeypatch):
+  """NaN written into a parameter after step 5: every later update is skipped; the
+  step-8 checkpoint is refused, the step-4 params come back and are saved instead."""
+  real_make = train.make_train_step
+
+  def make(*args, **kwargs):
+    step_fn = real_make(*args, **kwargs)
+    calls = {"n": 0}
+
+    def poisoned(state, batch, rest, lr_scale=None):
+      calls["n"] += 1
+      if calls["n"] == 6:
+        params = jax.tree.map(np.array, jax.device_get(state["params"]))
+        first = jax.tree.leaves(params)[0]
+        first[(0,) * first.ndim] = np.nan
+        sharding = jax.tree.leaves(state["params"])[0].sharding
+        state = dict(state, params=jax.device_put(params, sharding))
+      return step_fn(state, batch, rest, lr_scale)
+    return poisoned
+
+  monkeypatch.setattr(train, "make_train_step", make)
+  workdir = str(tmp_path)
+  result = train.train_and_evaluate(
+      tiny(tokenizer_path, train__max_consecutive_nonfinite=0, eval__every_steps=0), workdir)
+  assert result.step == NUM_STEPS
+  log = _log(workdir)
+  assert "non-finite values" in log and "not saved" in log
+  assert "reloaded the params of step 4" in log
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          result.state["params"])
+  for kind in ("checkpoints", "final"):
+    _, params = checkpointing.restore_params(workdir, abstract, step=8, kind=kind)
+    assert all(np.all(np.isfinite(x)) for x in leaves(params)), kind
+  _, at4 = checkpointing.restore_params(workdir, abstract, step=4, kind="checkpoints")
+  _, at8 = checkpointing.restore_params(workdir, abstract, step=8, kind="checkpoints")
+  assert_same(at4, at8)  # every update after the NaN was skipped
+
+
+# --- 3. corrupt checkpoints ----------------------------------------------------------
+
+
+def _largest_file(step_dir):
+  files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir)
+           for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def corrupt(step_dir, how, seed=0):
+  """Damages the largest array file of a checkpoint step; returns its path."""
+  path = _largest_file(step_dir)
+  size = os.path.getsize(path)
+  if how == "truncate":
+    with open(path, "r+b") as f:
+      f.truncate(size // 2)
+  elif how == "delete":
+    os.remove(path)
+  elif how == "garbage":
+    rng = np.random.default_rng(seed)
+    with open(path, "r+b") as f:
+      f.seek(size // 3)
+      f.write(rng.integers(0, 256, 64, dtype=np.uint8).tobytes())
+  else:
+    raise ValueError(how)
+  return path
+
+
+@pytest.fixture(scope="module")
+def abstract_state(tokenizer_path):
+  mesh = train.make_mesh(jax.devices()[:1])
+  _, state, _ = train.create_train_state(tiny(tokenizer_path), mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      state)
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete", "garbage"])
+def test_corrupt_latest_checkpoint_falls_back(straight, abstract_state, tmp_path, how, caplog):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(straight[0], workdir)
+  corrupt(os.path.join(workdir, "checkpoints", "8"), how)
+  ckpts = checkpointing.Checkpoints(workdir, tiny("").checkpoint)
+  with caplog.at_level("WARNING", logger="mambaswelu_jax"):
+    step, state = ckpts.restore_latest(abstract_state, None)
+  ckpts.close()
+  assert step == 4
+  assert f"checkpoints/8 does not restore, skipping it" in caplog.text
+  assert "the newer one(s) 8 were skipped" in caplog.text
+  _, reference = straight
+  reference4 = checkpointing.restore_params(straight[0], abstract_state["params"], step=4,
+                                            kind="checkpoints")[1]
+  assert_same(state["params"], reference4)
+
+
+def test_resume_after_garbage_in_latest_checkpoint(straight, tokenizer_path, tmp_path):
+  """End to end: garbage bytes in step 8 (a file that still decodes): the run resumes
+  from step 4, says so, and ends with the uninterrupted run's params."""
+  workdir = str(tmp_path / "w")
+  shutil.copytree(straight[0], workdir)
+  shutil.rmtree(os.path.join(workdir, "final"))
+  corrupt(os.path.join(workdir, "checkpoints", "8"), "garbage")
+  result = train.train_and_evaluate(tiny(tokenizer_path), workdir)
+  log = _log(workdir)
+  assert "checkpoints/8 does not restore, skipping it" in log
+  assert "resumed from" in log and "checkpoints/4" in log
+  assert_same(result.state["params"], straight[1].state["params"])
+
+
+def test_eval_on_corrupt_step_names_the_file(straight, tmp_path):
+  from mambaswelu_jax import eval as eval_lib
+  workdir = str(tmp_path / "w")
+  shutil.copytree(straight[0], workdir)
+  # Every array data file of step 8 (a full state's may hold only optimizer arrays,
+  # which eval does not read).
+  for kind in ("checkpoints", "snapshots", "final"):
+    for d, _, fs in os.walk(os.path.join(workdir, kind, "8")):
+      for f in fs:
+        if os.path.basename(d) == "d" and os.path.getsize(os.path.join(d, f)) > 4096:
+          with open(os.path.join(d, f), "r+b") as fh:
+            fh.seek(os.path.getsize(os.path.join(d, f)) // 3)
+            fh.write(b"\x5a" * 64)
+  with pytest.raises(eval_lib.EvalError) as e:
+    eval_lib.load_run(workdir, 8)
+  msg = str(e.value)
+  for kind in ("checkpoints", "snapshots", "final"):
+    assert f"{kind}/8" in msg
+  assert "local file" in msg or "differ from the checksums" in msg
+
+
+# --- 5. write errors -----------------------------------------------------------------
+
+
+def _fail_commit_of(monkeypatch, steps):
+  """Orbax's final rename of a checkpoint (its commit) fails with ENOSPC for `steps`."""
+  from orbax.checkpoint._src.path import async_path
+  real = async_path.rename
+
+  async def rename(src, dst, *args, **kwargs):
+    if os.path.basename(os.fspath(dst)) in {str(s) for s in steps} and "checkpoints" in os.fspath(dst):
+      raise OSError(errno.ENOSPC, "No space left on device (injected)", os.fspath(dst))
+    return await real(src, dst, *args, **kwargs)
+
+  monkeypatch.setattr(async_path, "rename", rename)
+
+
+@pytest.mark.parametrize("mode", ["continue", "stop"])
+def test_write_error_keeps_earlier_checkpoints(tokenizer_path, tmp_path, monkeypatch, mode,
+                                               abstract_state):
+  _fail_commit_of(monkeypatch, [6])
+  workdir = str(tmp_path)
+  config = tiny(tokenizer_path, checkpoint__every_steps=2, checkpoint__snapshot_every_steps=0,
+                eval__every_steps=0, checkpoint__on_write_error=mode,
+                checkpoint__max_to_keep=5)
+  if mode == "stop":
+    with pytest.raises(train.TrainingStopped) as e:
+      train.train_and_evaluate(config, workdir)
+    assert e.value.exit_code == train.WRITE_ERROR_EXIT_CODE == 3
+    assert "No space left on device" in str(e.value)
+  else:
+    result = train.train_and_evaluate(config, workdir)
+    assert result.step == NUM_STEPS
+    meta = json.load(open(os.path.join(workdir, "checkpoints", "8", "meta", "metadata")))
+    assert meta["checkpoint_write_errors"] == 1
+  log = _log(workdir)
+  assert "failed; earlier checkpoints are intact" in log and "No space left" in log
+  steps = checkpointing.Checkpoints(workdir, config.checkpoint)
+  saved = sorted(steps.states.all_steps())
+  restored = steps.restore_latest(abstract_state, None)
+  steps.close()
+  assert 6 not in saved and {2, 4} <= set(saved)
+  assert restored is not None and restored[0] == max(saved)
+  if mode == "stop":  # rerun (the disk has room again): resumes and finishes
+    monkeypatch.undo()
+    result = train.train_and_evaluate(config, workdir)
+    assert result.step == NUM_STEPS
+
+
+# --- 6. bad data, end to end -----------------------------------------------------------
+
+
+def test_bad_data_run_completes(tokenizer_path, tmp_path):
+  """SlimPajama files with random byte corruption, invalid JSON and UTF-8, empty and
+  very large documents: the run trains, the bad records are skipped and counted."""
+  from mambaswelu_jax.data import testing
+  root = str(tmp_path / "sp")
+  testing.write_slimpajama(root)
+  rng = np.random.default_rng(0)
+  big = [testing._record("x" * 2_000_000), testing._record(""), b"\xff\xfe not json",  # pylint: disable=protected-access
+         *[testing._record(f"more text {i} " * 40) for i in range(60)]]  # pylint: disable=protected-access
+  testing._write_zst(f"{root}/train/chunk1/example_train_7.jsonl.zst", big, frames=4)  # pylint: disable=protected-access
+  path = f"{root}/train/chunk1/example_train_8.jsonl.zst"
+  testing._write_zst(path, [testing._record(f"flip {i} " * 30) for i in range(200)],  # pylint: disable=protected-access
+                     frames=5)
+  blob = bytearray(open(path, "rb").read())
+  for i in rng.integers(len(blob) // 2, len(blob), 20):
+    blob[i] ^= 0xFF
+  open(path, "wb").write(bytes(blob))
+  config = tiny(tokenizer_path, train__num_steps=4, eval__every_steps=0)
+  config.data.source = "slimpajama"
+  config.data.data_dir = root
+  workdir = str(tmp_path / "w")
+  result = train.train_and_evaluate(config, workdir)
+  assert result.step == 4 and np.isfinite(result.final_metrics["validation_loss"])
+  last = read_jsonl(os.path.join(workdir, "metrics.jsonl"))[-1]
+  skipped = {k: v for k, v in last.items() if k.startswith("skipped_") and k != "skipped_updates"}
+  assert sum(skipped.values()) >= 5, last
+
+
+# --- 1. kill -9 ----------------------------------------------------------------------
+
+
+def _env():
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+              XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+def _cli(workdir, tokenizer_path, *extra):
+  return [sys.executable, "-m", "mambaswelu_jax.main", "--config=configs/demo.py:tiny",
+          f"--workdir={workdir}", f"--config.data.tokenizer_path={tokenizer_path}",
+          "--config.eval.sample_tokens=0", "--config.checkpoint.every_steps=1",
+          "--config.checkpoint.snapshot_every_steps=0", "--config.eval.every_steps=0",
+          "--config.train.log_every_steps=1", *extra]
+
+
+def kill9_run(workdir, tokenizer_path, seed, kills=1, timeout=300):
+  """Runs the tiny demo in a subprocess, kill -9 at random moments (`kills` times: after
+  a random number of recorded steps plus a random delay, so during steps and during
+  checkpoint writes), then runs it to the end. Returns what happened."""
+  rng = np.random.default_rng(seed)
+  order = os.path.join(workdir, "data_order.jsonl")
+  events = []
+  for _ in range(kills):
+    proc = subprocess.Popen(_cli(workdir, tokenizer_path), cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    target = int(rng.integers(1, NUM_STEPS))
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+      done = sum(1 for _ in open(order)) if os.path.exists(order) else 0
+      ckpt_dir = os.path.join(workdir, "checkpoints")
+      saved = len(os.listdir(ckpt_dir)) if os.path.isdir(ckpt_dir) else 0
+      if saved >= 1 and done >= target:
+        break
+      time.sleep(0.02)
+    time.sleep(float(rng.uniform(0, 0.3)))
+    finished = proc.poll() is not None
+    if not finished:
+      os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    partial = [n for n in os.listdir(ckpt_dir) if not n.isdigit()] if os.path.isdir(ckpt_dir) else []
+    events.append({"killed": not finished, "partial_checkpoint": bool(partial),
+                   "saved": sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+                   if os.path.isdir(ckpt_dir) else []})
+  done = subprocess.run(_cli(workdir, tokenizer_path), cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=timeout)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return events
+
+
+def reference_run(workdir, tokenizer_path, timeout=300):
+  done = subprocess.run(_cli(workdir, tokenizer_path), cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=timeout)
+  assert done.returncode == 0, done.stderr[-3000:]
+
+
+def check_nothing_lost(workdir, reference_workdir, abstract_params):
+  """The resumed run's final params equal the reference's, and each step trained on
+  the reference's batch for that step (a step recorded twice -- before and after the
+  kill -- with the same batch both times)."""
+  want = train.read_data_order(os.path.join(reference_workdir, "data_order.jsonl"))
+  got = train.read_data_order(os.path.join(workdir, "data_order.jsonl"))
+  assert sorted(got) == sorted(want) == list(range(1, NUM_STEPS + 1))
+  for step, hashes in got.items():
+    assert set(hashes) == set(want[step]), f"step {step}: batches {hashes} != {want[step]}"
+  _, a = checkpointing.restore_params(workdir, abstract_params, kind="final")
+  _, b = checkpointing.restore_params(reference_workdir, abstract_params, kind="final")
+  assert_same(a, b)
+  return sum(len(h) - 1 for h in got.values())  # steps replayed after kills
+
+
+@pytest.fixture(scope="module")
+def cli_reference(tokenizer_path, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("cli_reference"))
+  reference_run(workdir, tokenizer_path)
+  return workdir
+
+
+def test_kill9_resume_loses_nothing(cli_reference, tokenizer_path, tmp_path, abstract_state):
+  workdir = str(tmp_path)
+  events = kill9_run(workdir, tokenizer_path, seed=0)
+  assert events[0]["killed"]
+  check_nothing_lost(workdir, cli_reference, abstract_state["params"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_kill9_sweep(cli_reference, tokenizer_path, tmp_path, abstract_state, seed):
+  workdir = str(tmp_path)
+  kill9_run(workdir, tokenizer_path, seed=seed, kills=3)
+  check_nothing_lost(workdir, cli_reference, abstract_state["params"])
