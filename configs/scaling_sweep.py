@@ -4,7 +4,10 @@ token budgets at a fixed tokens-per-parameter ratio.
   python -m mambaswelu_jax.main --config=configs/scaling_sweep.py:mamba/2 --workdir=runs/sweep_mamba_2
   python -m mambaswelu_jax.main --config=configs/scaling_sweep.py:transformer/0/toy ...
 
-The argument is ARCH/RUNG[/toy]: ARCH mamba or transformer, RUNG 0..len(WIDTHS)-1.
+The argument is ARCH/RUNG[/toy][/tpp=R]: ARCH mamba or transformer, RUNG
+0..len(WIDTHS)-1, R a tokens-per-parameter ratio other than the default (the sweep runs
+every rung at each of RATIOS / TOY_RATIOS: two ratios break the collinearity of N and D
+that one fixed ratio would leave in the fit).
 Rung r of the Mamba family has d_model = WIDTHS[r] (each 1.5x the last) and the base
 depth; the Transformer of rung r is sized to the Mamba model of rung r
 (models.match_mamba_size: same width and vocabulary, parameters within 5%). The
@@ -25,6 +28,8 @@ WIDTHS = (256, 384, 576, 864)
 TOY_WIDTHS = (16, 24, 36, 54)
 TOKENS_PER_PARAMETER = 20.0
 TOY_TOKENS_PER_PARAMETER = 8.0
+RATIOS = (TOKENS_PER_PARAMETER, 5.0)
+TOY_RATIOS = (TOY_TOKENS_PER_PARAMETER, 2.0)
 EVALS_PER_RUN = 6
 
 
@@ -39,6 +44,10 @@ def _toy_base():
 
 def get_config(arg=None):
   parts = (arg or "").strip().split("/")
+  ratio = None
+  if parts[-1].startswith("tpp="):
+    ratio = float(parts[-1][4:])
+    parts = parts[:-1]
   toy = parts[-1] == "toy"
   if toy:
     parts = parts[:-1]
@@ -55,6 +64,10 @@ def get_config(arg=None):
     config = default.get_config()
     config.data.source = "slimpajama"
     config.data.tokens_per_parameter = TOKENS_PER_PARAMETER
+  if ratio is not None:
+    if ratio <= 0:
+      raise ValueError(f"configs/scaling_sweep.py: tpp={ratio} must be > 0")
+    config.data.tokens_per_parameter = ratio
   m = config.model
   m.d_model = widths[rung]
   m.dense_hidden = 2 * widths[rung]

@@ -99,6 +99,8 @@ def test_sweep_is_a_geometric_ladder_with_matched_transformers():
     ratios = np.diff(np.log(sizes["mamba"]))
     assert np.all(ratios > np.log(1.3)), sizes  # strictly growing, roughly geometric
     np.testing.assert_allclose(sizes["transformer"], sizes["mamba"], rtol=0.05)
+  assert scaling_sweep.get_config("mamba/1/toy/tpp=2").data.tokens_per_parameter == 2.0
+  assert len(scaling_sweep.TOY_RATIOS) >= 2 and len(scaling_sweep.RATIOS) >= 2
   a = cv.flatten(cv.resolve(scaling_sweep.get_config("mamba/1/toy")))
   b = cv.flatten(cv.resolve(scaling_sweep.get_config("transformer/1/toy")))
   assert {k for k in a if a[k] != b[k]} <= {
