@@ -149,6 +149,9 @@ def test_missing_key():
     ("model.compute_dtype", "fp8", r"choose one of \['bfloat16', 'float32', 'float16'\]"),
     ("model.scan_impl", "cuda", "choose one of"),
     ("model.d_model", 0, "must be > 0"),
+    ("train.nonfinite_lr_factor", 0.0, r"\(0, 1\]"),
+    ("train.max_consecutive_nonfinite", -1, "must be >= 0"),
+    ("checkpoint.on_write_error", "retry", r"choose one of \['continue', 'stop'\]"),
 ])
 def test_bad_values_name_the_key(key, value, needle):
   c = _demo()
@@ -255,3 +258,19 @@ def test_data_streams_must_fit_processes_and_batch():
     cv.check_batch(c, num_devices=2, process_count=2)
   c.train.data_streams = 4
   assert cv.check_batch(c, num_devices=2, process_count=2) == 2
+
+
+def test_missing_data_names_the_key(tmp_path):
+  """A tokenizer file or a data directory that is not there: an error naming the key,
+  before the model is built."""
+  from mambaswelu_jax import train
+  from mambaswelu_jax.data.sources import DataError
+  c = _demo()
+  c.data.tokenizer_path = str(tmp_path / "missing.model")
+  with pytest.raises(DataError, match="data.tokenizer_path"):
+    train.train_and_evaluate(c, str(tmp_path / "a"))
+  c = _demo()
+  c.data.source = "slimpajama"
+  c.data.data_dir = str(tmp_path / "nothing")
+  with pytest.raises(DataError, match="data.data_dir"):
+    train.train_and_evaluate(c, str(tmp_path / "b"))
