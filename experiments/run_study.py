@@ -149,6 +149,8 @@ def main(argv=None) -> int:
   ap.add_argument("--seeds", default="0,1", help="--questions: seeds of every ablation run")
   ap.add_argument("--max_parallel", type=int, default=0,
                   help="--questions: runs trained at once (0: 6 for the toy, all for full)")
+  ap.add_argument("--note", action="append", default=[],
+                  help="a line for the report's notes (repeatable), e.g. how its runs were made")
   ap.add_argument("--override", action="append", default=[],
                   help="extra --config.x=y for every run (repeatable), e.g. a shorter smoke test")
   args = ap.parse_args(argv)
@@ -252,9 +254,10 @@ def main(argv=None) -> int:
                      "--scale=toy`):\n>\n> ```\n" + "\n".join(
                          "> " + line for line in f.read().rstrip().splitlines())
                      + "\n> ```")
-    notes += failures
+    notes += list(args.note) + failures
     bench_note = bench_note or timing.get("benchmarks_note", "")
-    cmd = "python experiments/run_study.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    cmd = "python experiments/run_study.py " + shlex.join(
+        a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--note"))
     if args.questions:
       from experiments.study_lib import questions as questions_lib  # pylint: disable=import-outside-toplevel
       notes = notes[1:] if args.scale == "toy" else notes  # the three-run study's toy note
