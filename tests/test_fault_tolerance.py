@@ -381,16 +381,17 @@ def kill9_run(workdir, tokenizer_path, seed, kills=1, timeout=300):
   rng = np.random.default_rng(seed)
   order = os.path.join(workdir, "data_order.jsonl")
   events = []
-  for _ in range(kills):
+  def lines():
+    return sum(1 for _ in open(order)) if os.path.exists(order) else 0
+
+  for i in range(kills):
+    baseline = lines()  # steps this process records: lines past the ones already there
     proc = subprocess.Popen(_cli(workdir, tokenizer_path), cwd=ROOT, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    target = int(rng.integers(1, NUM_STEPS))
+    target = int(rng.integers(1, NUM_STEPS)) if i == 0 else int(rng.integers(1, 4))
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-      done = sum(1 for _ in open(order)) if os.path.exists(order) else 0
-      ckpt_dir = os.path.join(workdir, "checkpoints")
-      saved = len(os.listdir(ckpt_dir)) if os.path.isdir(ckpt_dir) else 0
-      if saved >= 1 and done >= target:
+      if lines() - baseline >= target + (1 if baseline else 0):  # (+ the "resumed_at" line)
         break
       time.sleep(0.02)
     time.sleep(float(rng.uniform(0, 0.3)))
@@ -399,7 +400,8 @@ def kill9_run(workdir, tokenizer_path, seed, kills=1, timeout=300):
       os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    partial = [n for n in os.listdir(ckpt_dir) if not n.isdigit()] if os.path.isdir(ckpt_dir) else []
+    partial = ([n for n in os.listdir(ckpt_dir) if "tmp" in n] if os.path.isdir(ckpt_dir)
+               else [])  # a checkpoint being written when the kill came
     events.append({"killed": not finished, "partial_checkpoint": bool(partial),
                    "saved": sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
                    if os.path.isdir(ckpt_dir) else []})
@@ -450,3 +452,4 @@ def test_kill9_sweep(cli_reference, tokenizer_path, tmp_path, abstract_state, se
   workdir = str(tmp_path)
   kill9_run(workdir, tokenizer_path, seed=seed, kills=3)
   check_nothing_lost(workdir, cli_reference, abstract_state["params"])
+
