@@ -60,6 +60,7 @@ def swelu_scalars(model: MambaLM) -> dict:
   return out
 
 
-__all__ = ["ARCHITECTURES", "MambaLM", "SWELU", "TransformerLM", "build_model", "count_parameters", "param_count",
-           "match_mamba_size", "swelu", "swelu_scalars", "weight_decay_mask"]
+__all__ = ["ARCHITECTURES", "MambaLM", "SWELU", "TransformerLM", "build_model",
+           "count_parameters", "match_mamba_size", "param_count", "swelu",
+           "swelu_scalars", "weight_decay_mask"]
 

@@ -35,9 +35,11 @@ class DenseStack(nnx.Module):
     return x
 
 
-class MambaLM(nnx.Module):
+class TiedEmbeddingLM(nnx.Module):
+  """What every architecture shares: token (+ learned position) embeddings in float32
+  and logits through the tied embedding in `compute_dtype`."""
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs):
+  def _init_embeddings(self, cfg, rngs: nnx.Rngs):
     self.cfg = cfg
     pdt = jnp.dtype(cfg.param_dtype)
     self.compute_dtype = jnp.dtype(cfg.compute_dtype)
@@ -46,9 +48,6 @@ class MambaLM(nnx.Module):
     self.positions = (nnx.Embed(cfg.max_len, cfg.d_model, dtype=jnp.float32,
                                 param_dtype=pdt, embedding_init=_embed_init, rngs=rngs)
                       if cfg.learned_positions else None)
-    self.blocks = nnx.List([MambaBlock(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
-    self.final_norm = make_norm(cfg, rngs)
-    self.dense = DenseStack(cfg, rngs=rngs)
 
   def _embed(self, tokens, positions):
     x = self.embed(tokens)
@@ -56,12 +55,23 @@ class MambaLM(nnx.Module):
       x = x + self.positions(positions)
     return x
 
-  def _logits(self, x):
-    x = self.final_norm(x)
-    x = x + self.dense(x)
+  def _tied_logits(self, x):
     e = self.embed.embedding[...].astype(self.compute_dtype)
     return jnp.einsum("...d,vd->...v", x.astype(self.compute_dtype), e,
                       preferred_element_type=jnp.float32)
+
+
+class MambaLM(TiedEmbeddingLM):
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    self._init_embeddings(cfg, rngs)
+    self.blocks = nnx.List([MambaBlock(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    self.final_norm = make_norm(cfg, rngs)
+    self.dense = DenseStack(cfg, rngs=rngs)
+
+  def _logits(self, x):
+    x = self.final_norm(x)
+    return self._tied_logits(x + self.dense(x))
 
   def __call__(self, tokens):
     """tokens int (batch, length) -> logits float32 (batch, length, vocab)."""

@@ -27,9 +27,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mambaswelu_jax.models.lm import TiedEmbeddingLM
 from mambaswelu_jax.models.mamba import make_norm
-
-_embed_init = nnx.initializers.normal(0.02)
 ROPE_BASE = 10000.0
 
 
@@ -142,31 +141,15 @@ class TransformerBlock(nnx.Module):
     return x + self.mlp(self.norm2(x)), cache
 
 
-class TransformerLM(nnx.Module):
+class TransformerLM(TiedEmbeddingLM):
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
-    self.cfg = cfg
-    pdt = jnp.dtype(cfg.param_dtype)
-    self.compute_dtype = jnp.dtype(cfg.compute_dtype)
-    self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.float32,
-                           param_dtype=pdt, embedding_init=_embed_init, rngs=rngs)
-    self.positions = (nnx.Embed(cfg.max_len, cfg.d_model, dtype=jnp.float32,
-                                param_dtype=pdt, embedding_init=_embed_init, rngs=rngs)
-                      if cfg.learned_positions else None)
+    self._init_embeddings(cfg, rngs)
     self.blocks = nnx.List([TransformerBlock(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
     self.final_norm = make_norm(cfg, rngs)
 
-  def _embed(self, tokens, positions):
-    x = self.embed(tokens)
-    if self.positions is not None:
-      x = x + self.positions(positions)
-    return x
-
   def _logits(self, x):
-    x = self.final_norm(x)
-    e = self.embed.embedding[...].astype(self.compute_dtype)
-    return jnp.einsum("...d,vd->...v", x.astype(self.compute_dtype), e,
-                      preferred_element_type=jnp.float32)
+    return self._tied_logits(self.final_norm(x))
 
   def __call__(self, tokens):
     """tokens int (batch, length) -> logits float32 (batch, length, vocab)."""
