@@ -1,5 +1,8 @@
 """Shared pytest fixtures."""
 
+import os
+
+import jax
 import pytest
 
 
@@ -23,3 +26,30 @@ def trained_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("trained_run"))
   train.train_and_evaluate(demo.get_config("tiny"), workdir)
   return workdir
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+  """Runs of one config compile once: later runs (and subprocesses) read the cache.
+  Modules that start many runs opt in with `pytestmark = usefixtures(...)`."""
+  path = str(tmp_path_factory.mktemp("jax_cache"))
+  old = (jax.config.jax_compilation_cache_dir,
+         jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  yield path
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+  os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+  os.environ.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+  """The tiny demo's tokenizer, trained once per module."""
+  from configs import demo
+  from mambaswelu_jax.data import tokenizer
+  workdir = str(tmp_path_factory.mktemp("tok"))
+  return tokenizer.prepare_tokenizer(demo.get_config("tiny").data, workdir)

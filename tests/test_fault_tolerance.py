@@ -25,28 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """Runs of one config compile once: later runs (and subprocesses) read the cache."""
-  path = str(tmp_path_factory.mktemp("jax_cache"))
-  old = (jax.config.jax_compilation_cache_dir,
-         jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
-  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  yield path
-  jax.config.update("jax_compilation_cache_dir", old[0])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-  os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
-  os.environ.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-  from mambaswelu_jax.data import tokenizer
-  workdir = str(tmp_path_factory.mktemp("tok"))
-  return tokenizer.prepare_tokenizer(demo.get_config("tiny").data, workdir)
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def tiny(tokenizer_path, **overrides):
