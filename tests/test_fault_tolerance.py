@@ -215,7 +215,7 @@ def test_corrupt_latest_checkpoint_falls_back(straight, abstract_state, tmp_path
     step, state = ckpts.restore_latest(abstract_state, None)
   ckpts.close()
   assert step == 4
-  assert f"checkpoints/8 does not restore, skipping it" in caplog.text
+  assert "checkpoints/8 does not restore, skipping it" in caplog.text
   assert "the newer one(s) 8 were skipped" in caplog.text
   _, reference = straight
   reference4 = checkpointing.restore_params(straight[0], abstract_state["params"], step=4,
