@@ -432,3 +432,41 @@ def test_kill9_sweep(cli_reference, tokenizer_path, tmp_path, abstract_state, se
   kill9_run(workdir, tokenizer_path, seed=seed, kills=3)
   check_nothing_lost(workdir, cli_reference, abstract_state["params"])
 
+
+
+def kill9_during_a_checkpoint_write(workdir, tokenizer_path, timeout=300):
+  """kill -9 the moment an Orbax temporary checkpoint directory appears (after at least
+  one finished checkpoint), then run to the end. Returns whether the half-written
+  checkpoint was still there after the kill, i.e. the kill landed inside the write."""
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  names = lambda: os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []
+  proc = subprocess.Popen(_cli(workdir, tokenizer_path), cwd=ROOT, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    current = names()
+    if any(n.isdigit() for n in current) and any("tmp" in n for n in current):
+      os.kill(proc.pid, signal.SIGKILL)
+      break
+    time.sleep(0.001)
+  proc.wait()
+  partial = any("tmp" in n for n in names())
+  done = subprocess.run(_cli(workdir, tokenizer_path), cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=timeout)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return partial
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("repeat", [0, 1, 2])
+def test_kill9_inside_a_checkpoint_write_loses_nothing(cli_reference, tokenizer_path,
+                                                       tmp_path, abstract_state, repeat):
+  landed = False
+  for attempt in range(3):  # a write can finish between the poll and the kill
+    workdir = str(tmp_path / f"attempt{attempt}")
+    landed = kill9_during_a_checkpoint_write(workdir, tokenizer_path)
+    check_nothing_lost(workdir, cli_reference, abstract_state["params"])
+    if landed:
+      print(f"repeat {repeat}: the kill landed inside a write at attempt {attempt + 1}")
+      break
+  assert landed, "no kill landed inside a checkpoint write in 3 attempts"
