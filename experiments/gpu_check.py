@@ -3,14 +3,14 @@
   python experiments/gpu_check.py [--out=gpu_check.json]      # on a GPU, ~3-5 minutes
   python experiments/gpu_check.py --smoke                     # tiny shapes, any machine
 
-Needs jax, flax, optax, numpy and ml_collections (pure Python: carry its wheel to a
+Needs jax, flax, optax, numpy, ml_collections and absl-py (pure Python: carry their wheels to a
 machine without it). Sections:
   1. correctness of impl="pallas" against impl="xla" (outputs, last state, gradients of
      every input) at three shapes, the study's (4, 1024, 2048, 16) among them;
   2. median forward and forward+backward times of both at the study shape;
   3. the forward's achieved bandwidth (its compulsory HBM traffic / time) against a
      measured device copy;
-  4. 20 steps of the study model's real train step (train.make_train_step) with each
+  4. 20 steps of the study model's real train step (mambaswelu_jax.bench_train) with each
      implementation: tokens/s, TFLOP/s and MFU.
 It prints one table last and writes everything as JSON.
 """
@@ -113,9 +113,9 @@ def forward_bytes(shape, chunk):
 
 
 def train_throughput(impl, steps, smoke):
+  """The study model's real train step (mambaswelu_jax.bench_train) with `impl`."""
   from configs import default
-  from mambaswelu_jax import config_validation, metrics, train
-  from mambaswelu_jax.models.flops import flops_per_token
+  from mambaswelu_jax import bench_train
 
   config = default.get_config()
   config.model.scan_impl = impl
@@ -126,36 +126,8 @@ def train_throughput(impl, steps, smoke):
   config.train.num_steps = 100_000  # only sets the schedule; a few steps run
   config.train.micro_batch_per_device = min(config.train.micro_batch_per_device * 2,
                                             config.train.global_batch_size)
-  config = config_validation.resolve(config, num_devices=jax.device_count())
-  mesh = train.make_mesh()
-  parts, state, rest = train.create_train_state(config, mesh)
-  per_device = config.train.global_batch_size // jax.device_count()
-  accum = per_device // config.train.micro_batch_per_device
-  step = train.make_train_step(mesh, parts, accum)
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(0, config.model.vocab_size,
-                        (config.train.global_batch_size, config.data.seq_len + 1))
-  batch = train.to_global({"inputs": tokens[:, :-1].astype(np.int32),
-                           "targets": tokens[:, 1:].astype(np.int32)}, mesh)
-  t0 = time.perf_counter()
-  state, m = step(state, batch, rest)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, m = step(state, batch, rest)
-  jax.block_until_ready(m)
-  step_s = (time.perf_counter() - t0) / steps
-  tokens_per_s = config.train.global_batch_size * config.data.seq_len / step_s
-  tflops = flops_per_token(config.model, config.data.seq_len)["training"] * tokens_per_s / 1e12
-  peak, source = metrics.peak_tflops(jax.devices()[0], jax.local_device_count())
-  result = {"impl": impl, "compile_s": compile_s, "step_s": step_s,
-            "tokens_per_s": tokens_per_s, "tokens_per_s_per_device":
-            tokens_per_s / jax.device_count(), "tflops_per_device":
-            tflops / jax.device_count(), "mfu": tflops / jax.device_count() / peak,
-            "peak_tflops": peak, "peak_source": source,
-            "loss": float(m["train_loss"]), "accum_steps": accum,
-            "micro_batch_per_device": config.train.micro_batch_per_device}
+  result = {"impl": impl, **bench_train.benchmark(config, steps)}
+  result["tokens_per_s_per_device"] = result["tokens_per_second"] / result["devices"]
   print(f"train step {impl}: {result}", flush=True)
   return result
 
