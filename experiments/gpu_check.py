@@ -4,7 +4,7 @@
   python experiments/gpu_check.py --smoke                     # tiny shapes, any machine
 
 Needs jax, flax, optax, numpy, ml_collections and absl-py (pure Python: carry their wheels to a
-machine without it). Sections:
+machine without them). Sections:
   1. correctness of impl="pallas" against impl="xla" (outputs, last state, gradients of
      every input) at three shapes, the study's (4, 1024, 2048, 16) among them;
   2. median forward and forward+backward times of both at the study shape;
