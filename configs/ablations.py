@@ -12,8 +12,11 @@ The argument is ABLATION[/BASE]:
              transformer   the Transformer baseline sized to the base model's parameter
                            count within 5% (models.match_mamba_size), same width and vocab
              none          the base run itself (for launching it beside its ablations)
-  BASE       slimpajama_chinchilla (default), slimpajama_llama, wikipedia_llama, or
-             toy (configs/toy_study.py:mixture_short, the toy questions' base run);
+  BASE       slimpajama_chinchilla (default), slimpajama_llama, wikipedia_llama,
+             wikipedia_chinchilla (Wikipedia at slimpajama_chinchilla's 20 tokens per
+             parameter: the second data set of the dataset-dependence question at the
+             same budget), toy (configs/toy_study.py:mixture_short, the toy questions'
+             base run) or toy_single (the same run on docstrings only, one text type);
              a trailing ":smoke"-style suffix is not taken here: shrink with overrides.
 
 The token budget is pinned: train.num_steps is set to the base run's derived step count,
@@ -26,14 +29,27 @@ configs).
 import importlib
 
 ABLATIONS = ("none", "silu", "fixed_k", "gated_conv", "transformer")
-BASES = ("slimpajama_chinchilla", "slimpajama_llama", "wikipedia_llama", "toy")
+BASES = ("slimpajama_chinchilla", "slimpajama_llama", "wikipedia_llama",
+         "wikipedia_chinchilla", "toy", "toy_single")
 TOY_BASE_ARG = "mixture_short"
+# The dataset-dependence question: the same ablation on two data sets at one budget.
+DATASET_PAIRS = {"toy": ("toy", "toy_single"),
+                 "full": ("slimpajama_chinchilla", "wikipedia_chinchilla")}
 
 
 def base_config(base: str):
-  if base == "toy":
+  if base in ("toy", "toy_single"):
     from configs import toy_study  # pylint: disable=import-outside-toplevel
-    return toy_study.get_config(TOY_BASE_ARG)
+    config = toy_study.get_config(TOY_BASE_ARG)
+    if base == "toy_single":
+      config.data.text_types = "docstring"
+    return config
+  if base == "wikipedia_chinchilla":
+    config = importlib.import_module("configs.wikipedia_llama").get_config()
+    config.data.tokens_per_parameter = (
+        importlib.import_module("configs.slimpajama_chinchilla").get_config()
+        .data.tokens_per_parameter)
+    return config
   return importlib.import_module(f"configs.{base}").get_config()
 
 

@@ -18,13 +18,14 @@ and waits).
 Stages (--stage, comma-separated; default all): tokenizer, train, evaluate, benchmarks,
 generate, report. Timings go to ROOT/study_timing.json and into the report.
 
---questions=all (or ablations,sweep) runs the study's open questions instead of its three
-runs (experiments/study_lib/questions.py): the ablations of a base run (SiLU, fixed k,
-gated conv, a same-size Transformer; configs/ablations.py) over --seeds, and the
-size sweep of both architectures (configs/scaling_sweep.py), launched in waves of
---max_parallel runs, then the questions report (ablation deltas with seed intervals,
-L(N, D) fits with bootstrap intervals) in OUT/README.md. Its stages are tokenizer,
-train and report:
+--questions=all (or a subset of ablations,dataset,sweep) runs the study's open questions
+instead of its three runs (experiments/study_lib/questions.py): the ablations of a base
+run (SiLU, fixed k, gated conv, a same-size Transformer; configs/ablations.py) over
+--seeds, the SiLU ablation on a second data set (is SWELU's effect dataset-dependent?),
+and the size sweep of both architectures (configs/scaling_sweep.py), --max_parallel runs
+at a time (the next starts when one ends), then the questions report (ablation deltas
+with seed intervals, the dataset interaction, L(N, D) fits with bootstrap intervals) in
+OUT/README.md. Its stages are tokenizer, train and report:
 
   python experiments/run_study.py --scale=toy --questions=all --root=runs/toy_questions --out=docs/toy_questions
 """
@@ -73,15 +74,19 @@ def train_study_tokenizer(path: str, vocab_size: int = 1024, sample_bytes: int =
   return path
 
 
+def _monitor_args(root, specs) -> argparse.Namespace:
+  return argparse.Namespace(root=root, scale="toy" if specs is runs_lib.TOY else "full",
+                            runs=",".join(s.name for s in specs), json=False, stall_minutes=30,
+                            window=5, divergence_nats=1.0)
+
+
 def wait_for_runs(root: str, specs, *, poll: float = 15.0, snapshot_path: str = "",
                   snapshot_at: float = 0.5, timeout: float = 0, log=print) -> bool:
   """Polls the monitor until every run is done or one is dead/diverging.
 
   Saves one monitor table to `snapshot_path` once every run is `snapshot_at` through, the 'monitor on a running study' record. Returns True when all finished.
   """
-  args = argparse.Namespace(root=root, scale="toy" if specs is runs_lib.TOY else "full",
-                            runs=",".join(s.name for s in specs), json=False, stall_minutes=30,
-                            window=5, divergence_nats=1.0)
+  args = _monitor_args(root, specs)
   saved = False
   start = time.time()
   last_print = 0.0
@@ -110,23 +115,52 @@ def wait_for_runs(root: str, specs, *, poll: float = 15.0, snapshot_path: str = 
     time.sleep(poll)
 
 
-def train_in_waves(root, specs, devices, extra, env, args, log) -> bool:
-  """Launches the runs `max_parallel` at a time (a finished run is skipped by the launch
-  plan, a dead one resumes), waiting for each wave to end. True when all finished."""
-  width = args.max_parallel or (6 if args.scale == "toy" else len(specs))
-  ok = True
-  for i in range(0, len(specs), width):
-    wave = specs[i:i + width]
-    log(f"wave {i // width + 1}: {', '.join(s.name for s in wave)}")
-    launch_study.launch(root, wave, runs_lib.parse_devices(devices, len(wave)),
-                        extra=tuple(extra), env_extra=env, out=log)
-    snap = os.path.join(root, "monitor_during_run.txt") if i == 0 else ""
-    if not wait_for_runs(root, wave, poll=args.poll, snapshot_path=snap, log=log):
-      ok = False
-      # A dead or diverging run ends the wait early: let the others of the wave finish.
-      while any(runs_lib.running_pid(runs_lib.paths(root, s.name)) for s in wave):
-        time.sleep(args.poll)
-  return ok
+def train_in_pool(root, specs, devices, extra, env, args, log) -> bool:
+  """Keeps `max_parallel` runs training, starting the next queued run as soon as one
+  ends (a finished run is skipped by the launch plan, a dead one resumes from its
+  checkpoint). A run that stops unfinished is reported, not retried. True when all
+  finished."""
+  groups = runs_lib.parse_devices(devices, 1 + devices.count(":")) if devices else [None]
+  default = 6 if groups == [None] else len(groups)   # CPU: 6; GPUs: one run per group
+  width = min(args.max_parallel or default, len(specs))
+  slots = groups * width if groups == [None] else runs_lib.parse_devices(devices, width)
+  queue, active, failed = list(specs), {}, []      # active: slot -> spec
+  snapshot_path, saved, last_print = os.path.join(root, "monitor_during_run.txt"), False, 0.0
+  while queue or active:
+    for slot, spec in list(active.items()):
+      p = runs_lib.paths(root, spec.name)
+      if runs_lib.running_pid(p) is None:
+        del active[slot]
+        if runs_lib.finished(p.workdir):
+          log(f"{spec.name}: finished")
+        else:
+          failed.append(spec.name)
+          log(f"{spec.name}: stopped unfinished (exit status {runs_lib.last_exit(p)}); "
+              f"see {p.log}")
+    while queue and len(active) < width:
+      slot = next(i for i in range(width) if i not in active)
+      spec = queue.pop(0)
+      launch_study.launch(root, [spec], [slots[slot]], extra=tuple(extra), env_extra=env,
+                          out=log)
+      if runs_lib.running_pid(runs_lib.paths(root, spec.name)) is not None:
+        active[slot] = spec
+    done = len(specs) - len(queue) - len(active)
+    if not saved and active and done >= len(specs) // 2:
+      # The 'monitor on a running study' record, once half of the runs are through.
+      text, code, _ = monitor.snapshot(_monitor_args(root, specs))
+      with open(snapshot_path, "w", encoding="utf-8") as f:
+        f.write(text + f"\n(exit status {code})\n")
+      saved = True
+      log(f"monitor table saved to {snapshot_path}")
+    if time.time() - last_print > 60:
+      log(f"{done}/{len(specs)} runs ended, running: "
+          f"{', '.join(s.name for s in active.values()) or '-'}; {len(queue)} queued")
+      last_print = time.time()
+    if queue or active:
+      time.sleep(args.poll)
+  if failed:
+    log(f"unfinished runs: {', '.join(failed)} (rerun the same command to resume them)")
+  return all(runs_lib.finished(runs_lib.paths(root, s.name).workdir) for s in specs)
 
 
 def main(argv=None) -> int:
@@ -145,7 +179,7 @@ def main(argv=None) -> int:
   ap.add_argument("--gen_samples", type=int, default=3)
   ap.add_argument("--poll", type=float, default=15.0)
   ap.add_argument("--questions", default="", help="all, or a comma-separated subset of "
-                  "ablations,sweep: run the open questions instead of the three runs")
+                  "ablations,dataset,sweep: run the open questions instead of the three runs")
   ap.add_argument("--seeds", default="0,1", help="--questions: seeds of every ablation run")
   ap.add_argument("--max_parallel", type=int, default=0,
                   help="--questions: runs trained at once (0: 6 for the toy, all for full)")
@@ -210,7 +244,7 @@ def main(argv=None) -> int:
           log("some runs were already running; waiting for them")
         return wait_for_runs(root, specs, poll=args.poll,
                              snapshot_path=os.path.join(root, "monitor_during_run.txt"), log=log)
-      return train_in_waves(root, specs, devices, extra, env, args, log)
+      return train_in_pool(root, specs, devices, extra, env, args, log)
     ok = timed("train", train)
     if not ok:
       log("not every run finished; later stages use what exists")

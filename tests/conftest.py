@@ -28,6 +28,21 @@ def trained_workdir(tmp_path_factory):
   return workdir
 
 
+@pytest.fixture(scope="session")
+def trained_transformer_workdir(tmp_path_factory):
+  """The same small run with the Transformer baseline (configs/demo.py:tiny, two heads):
+  the eval, generation and lm-eval tests run on both architectures. Read-only."""
+  from configs import demo
+  from mambaswelu_jax import train
+  config = demo.get_config("tiny")
+  config.model.architecture = "transformer"
+  config.model.n_heads = 2
+  config.model.max_len = max(config.model.max_len, config.data.seq_len)
+  workdir = str(tmp_path_factory.mktemp("trained_transformer_run"))
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
 @pytest.fixture(scope="module")
 def compilation_cache(tmp_path_factory):
   """Runs of one config compile once: later runs (and subprocesses) read the cache.

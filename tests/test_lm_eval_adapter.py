@@ -1,5 +1,6 @@
 """The lm-eval-harness adapter on local tasks that mirror lambada_openai, hellaswag, piqa
-and winogrande (their fields and prompt construction) on small made-up items.
+and winogrande (their fields and prompt construction) on small made-up items, for a
+trained MambaSWELU run and a trained Transformer baseline run alike.
 
 Skipped when lm-eval is not installed (pip install -e '.[eval]')."""
 
@@ -175,9 +176,16 @@ def write_local_tasks(d):
   return str(d)
 
 
+@pytest.fixture(scope="module", params=["mamba", "transformer"])
+def workdir(request):
+  """Every test runs on a trained MambaSWELU run and on the Transformer baseline's."""
+  return request.getfixturevalue("trained_workdir" if request.param == "mamba"
+                                 else "trained_transformer_workdir")
+
+
 @pytest.fixture(scope="module")
-def run(trained_workdir):
-  return eval_lib.load_run(trained_workdir, "latest")
+def run(workdir):
+  return eval_lib.load_run(workdir, "latest")
 
 
 @pytest.fixture(scope="module")
@@ -254,11 +262,11 @@ def test_generate_until_is_greedy_recurrent_decoding(run, lm):
     assert o == want
 
 
-def test_local_tasks_through_the_eval_command(trained_workdir, run, tasks_dir, tmp_path):
+def test_local_tasks_through_the_eval_command(workdir, run, tasks_dir, tmp_path):
   """`eval --benchmarks` runs lm-eval's simple_evaluate on the four local tasks and
   stores the metrics; accuracy and perplexity agree with our own forward pass."""
   tasks = ["mini_lambada_openai", "mini_hellaswag", "mini_piqa", "mini_winogrande"]
-  (result,) = eval_lib.evaluate_run(trained_workdir, "latest", splits=(), benchmarks=tasks,
+  (result,) = eval_lib.evaluate_run(workdir, "latest", splits=(), benchmarks=tasks,
                                     benchmark_tasks_dir=tasks_dir, benchmark_batch_size=4,
                                     output_dir=str(tmp_path), log=lambda *_: None)
   with open(tmp_path / f"{result['step']}.json", encoding="utf-8") as f:
@@ -293,10 +301,10 @@ def test_local_tasks_through_the_eval_command(trained_workdir, run, tasks_dir, t
 
 
 @pytest.mark.slow
-def test_lm_eval_command_line(trained_workdir, tasks_dir, tmp_path):
+def test_lm_eval_command_line(workdir, tasks_dir, tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "mambaswelu_jax.lm_eval_adapter", "--model", "mambaswelu",
-         "--model_args", f"workdir={trained_workdir},step=4", "--batch_size", "4",
+         "--model_args", f"workdir={workdir},step=4", "--batch_size", "4",
          "--tasks", "mini_piqa,mini_lambada_openai", "--include_path", tasks_dir,
          "--output_path", str(tmp_path / "out")]
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)

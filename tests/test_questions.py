@@ -23,7 +23,7 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("base", ["toy", "slimpajama_chinchilla", "wikipedia_llama"])
+@pytest.mark.parametrize("base", ablations.BASES)
 @pytest.mark.parametrize("ablation", sorted(EXPECTED))
 def test_ablation_differs_from_its_base_only_where_it_should(ablation, base):
   ref = resolved(f"none/{base}")
@@ -39,6 +39,25 @@ def test_ablation_differs_from_its_base_only_where_it_should(ablation, base):
   assert got["train.num_steps"] == ref["train.num_steps"]  # the same token budget
   for key in ("data.tokenizer_path", "data.source", "train.learning_rate", "seed"):
     assert got[key] == ref[key]
+
+
+@pytest.mark.parametrize("scale", sorted(ablations.DATASET_PAIRS))
+def test_dataset_pair_differs_only_in_its_data(scale):
+  """The dataset-dependence question compares two bases that differ in the data alone
+  (same model, tokenizer, token budget, optimiser)."""
+  first, second = (resolved(f"none/{b}") for b in ablations.DATASET_PAIRS[scale])
+  changed = {k for k in first if first[k] != second[k]}
+  assert changed == ({"data.text_types"} if scale == "toy" else {"data.source"})
+  assert first["train.num_steps"] == second["train.num_steps"]
+
+
+def test_question_runs_are_unique_and_the_dataset_question_brings_its_first_arm():
+  from experiments.study_lib import questions
+  every = questions.specs("toy", seeds=(0, 1))
+  assert len({s.name for s in every}) == len(every)
+  only = questions.specs("full", ("dataset",), seeds=(0,))
+  assert sorted(s.arg for s in only) == ["none/slimpajama_chinchilla", "none/wikipedia_chinchilla",
+                                         "silu/slimpajama_chinchilla", "silu/wikipedia_chinchilla"]
 
 
 def test_transformer_ablation_matches_the_base_parameter_count():
@@ -135,12 +154,15 @@ def test_questions_report_reads_ablations_and_fits_the_sweep(tmp_path):
   specs = questions.specs("toy")
   rng = np.random.default_rng(0)
   effect = {"none": 0.0, "silu": 0.05, "fixed_k": 0.0, "gated_conv": 0.3, "transformer": -0.1}
+  effect_second = {"none": 0.5, "silu": 0.5 + 0.25}   # SiLU loses 0.2 more on the second set
   truth = dict(mamba=(2.0, 30.0, 0.4, 60.0, 0.3), transformer=(2.0, 30.0, 0.6, 60.0, 0.3))
   for s in specs:
     role = s.role.split(":")
-    if role[0] == "ablation":
-      base = 4.0 + 0.01 * int(role[2])
-      _fake_run(str(tmp_path), s, 1e5, [5.0, base + effect[role[1]]])
+    if role[0] in ("ablation", "dataset"):
+      base = 4.0 + 0.01 * int(role[2]) ** 2
+      jitter = 0.003 * (-1) ** int(role[2]) if role[1] == "silu" else 0.0
+      shift = (effect if role[0] == "ablation" else effect_second)[role[1]]
+      _fake_run(str(tmp_path), s, 1e5, [5.0, base + shift + jitter])
     else:
       e, a, al, b, be = truth[role[1]]
       n = 2e4 * 1.7 ** int(role[2])
@@ -156,10 +178,14 @@ def test_questions_report_reads_ablations_and_fits_the_sweep(tmp_path):
   assert answers["ablations"]["gated_conv"]["delta"] == pytest.approx(0.3)
   assert "base better" in answers["ablations"]["gated_conv"]["verdict"]
   assert "ablation better" in answers["ablations"]["transformer"]["verdict"]
+  inter = answers["dataset"]["interaction"]
+  assert inter["delta"] == pytest.approx(0.2) and inter["n"] == 2
+  assert "larger on the first data set" in inter["verdict"]
+  assert answers["dataset"]["toy_single"]["delta"] == pytest.approx(0.25)
   fits = answers["sweep"]["fits"]
   assert fits["mamba"]["alpha"] == pytest.approx(0.4, abs=0.1)
   assert fits["transformer"]["alpha"] == pytest.approx(0.6, abs=0.1)
-  assert "Q5" in text and "cannot" in text and "scaling_sweep.png" in text
+  assert "Q5" in text and "Q1b" in text and "cannot" in text and "scaling_sweep.png" in text
 
 
 @pytest.mark.slow
@@ -180,5 +206,5 @@ def test_toy_questions_end_to_end(tmp_path):
     st = status_lib.run_status(root, spec.name)
     assert st.state == "done", (spec.name, st.state, st.reason)
   text = open(os.path.join(out, "README.md")).read()
-  for s in ("## 1. Runs", "Q1", "Q4", "Q5", "cannot"):
+  for s in ("## 1. Runs", "Q1", "Q1b", "Q4", "Q5", "cannot"):
     assert s in text, s

@@ -1,6 +1,6 @@
 """The Transformer baseline: KV-cache decoding equals the full forward, parameter
-formula and matching against the Mamba model, FLOPs, and training through the real
-train_and_evaluate."""
+formula and matching against the Mamba model, FLOPs, and a trained baseline run through
+the same train / eval / generate tools as the Mamba model."""
 
 import jax
 import jax.numpy as jnp
@@ -80,17 +80,40 @@ def test_flops_count_weights_and_attention():
   assert f["training"] == 3 * f["forward"]
 
 
-def test_transformer_trains_through_train_and_evaluate(tmp_path):
-  from mambaswelu_jax import train  # pylint: disable=import-outside-toplevel
-  config = demo.get_config("tiny")
-  config.model.architecture = "transformer"
-  config.model.n_heads = 2
-  config.model.max_len = max(config.model.max_len, config.data.seq_len)
-  result = train.train_and_evaluate(config, str(tmp_path))
-  assert result.step == config.train.num_steps
-  m = result.final_metrics
-  assert np.isfinite(m["validation_loss"])
-  assert m["validation_loss"] < np.log(config.model.vocab_size)
+def test_transformer_run_through_train_eval_and_generate(trained_transformer_workdir, tmp_path):
+  """The baseline goes through the same tools as the Mamba model: the real
+  train_and_evaluate (conftest), `eval` on its checkpoint (equal to the trainer's own
+  validation), and KV-cache generation equal to greedy re-forwarding."""
+  import functools  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import generate  # pylint: disable=import-outside-toplevel
+  wd = trained_transformer_workdir
+  with open(os.path.join(wd, "metrics.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  steps = demo.get_config("tiny").train.num_steps
+  trainer = [r for r in rows if r["step"] == steps and "validation_loss" in r][-1]
+  assert np.isfinite(trainer["validation_loss"])
+  assert trainer["validation_loss"] < np.log(demo.get_config("tiny").model.vocab_size)
+  (r,) = eval_lib.evaluate_run(wd, "latest", splits=("validation",), max_tokens=256,
+                               output_dir=str(tmp_path), log=lambda *_: None)
+  run = eval_lib.load_run(wd, "latest")
+  assert run.config.model.architecture == "transformer" and r["step"] == steps
+  np.testing.assert_allclose(r["splits"]["validation"]["loss"], trainer["validation_loss"],
+                             rtol=1e-5)
+  np.testing.assert_allclose(r["splits"]["validation"]["bits_per_byte"],
+                             trainer["validation_bits_per_byte"], rtol=1e-5)
+  g = generate.Generator(run)
+  prompt, new = g.encode_prompt("import os\n"), 12
+  (fast,), _, _ = g.generate_ids([prompt], new, temperature=0.0, stop_at_eos=False)
+  buf = np.zeros((1, 32), np.int32)
+  buf[0, :len(prompt)] = prompt
+  slow = jax.jit(functools.partial(generate.reforward_tokens, graphdef=run.graphdef,
+                                   max_new_tokens=new))(
+      run.params, run.rest, jnp.asarray(buf), jnp.int32(len(prompt)), jax.random.key(0),
+      jnp.float32(0.0), jnp.int32(0), jnp.float32(1.0))
+  assert fast == np.asarray(slow)[0].tolist()
 
 
 def test_generate_tokens_with_prompts_of_different_lengths_equals_greedy_reforward():

@@ -6,6 +6,7 @@ Questions (each one config away, configs/ablations.py and configs/scaling_sweep.
   Q2 fixed_k      does learning SWELU's k matter?
   Q3 gated_conv   does the real selective SSM beat the original's gated convolution?
   Q4 transformer  how does a same-size Transformer baseline compare?
+  Q1b dataset     is SWELU's effect (versus SiLU) the same on a second data set?
   Q5 sweep        do Mamba+SWELU and the Transformer follow the same L(N, D)?
 
 Ablation runs repeat over seeds (`--config.seed`), so every difference is read against
@@ -29,7 +30,7 @@ from experiments.study_lib import scaling
 
 ABLATIONS = ("silu", "fixed_k", "gated_conv", "transformer")
 EXP_BOUNDS = (0.02, 2.0)   # the exponents' search range in the L(N, D) fits
-QUESTIONS = ("ablations", "sweep")
+QUESTIONS = ("ablations", "dataset", "sweep")
 ABLATION_TEXT = {
     "silu": ("Q1", "SWELU versus SiLU", "activation = silu at every SWELU site"),
     "fixed_k": ("Q2", "SWELU with k learned versus k fixed", "model.swelu_learn_k = False "
@@ -53,18 +54,30 @@ def parse_questions(text: str) -> tuple:
 
 def specs(scale: str, questions=QUESTIONS, seeds=(0, 1)) -> list:
   """The RunSpecs of the chosen questions. Toy: configs' `/toy` variants."""
+  from configs import ablations  # pylint: disable=import-outside-toplevel
   from configs import scaling_sweep  # pylint: disable=import-outside-toplevel
   toy = scale == "toy"
+  first, second = ablations.DATASET_PAIRS["toy" if toy else "full"]
   out = []
-  if "ablations" in questions:
-    base = "toy" if toy else "slimpajama_chinchilla"
+  # The dataset question reuses the ablations' base and SiLU runs on the first data set.
+  if "ablations" in questions or "dataset" in questions:
+    kinds = ("none",) + (ABLATIONS if "ablations" in questions else ("silu",))
     for seed in seeds:
-      for abl in ("none",) + ABLATIONS:
+      for abl in kinds:
         out.append(runs_lib.RunSpec(
             f"q_{'base' if abl == 'none' else abl}_s{seed}", "configs/ablations.py",
-            f"{abl}/{base}", overrides=(f"--config.seed={seed}",),
+            f"{abl}/{first}", overrides=(f"--config.seed={seed}",),
             role=f"ablation:{abl}:{seed}",
-            label=f"{'base run' if abl == 'none' else 'ablation ' + abl} of {base}, seed {seed}"))
+            label=f"{'base run' if abl == 'none' else 'ablation ' + abl} of {first}, seed {seed}"))
+  if "dataset" in questions:
+    for seed in seeds:
+      for abl in ("none", "silu"):
+        out.append(runs_lib.RunSpec(
+            f"q_{second}_{'base' if abl == 'none' else abl}_s{seed}", "configs/ablations.py",
+            f"{abl}/{second}", overrides=(f"--config.seed={seed}",),
+            role=f"dataset:{abl}:{seed}",
+            label=f"{'base run' if abl == 'none' else 'ablation ' + abl} of {second}, "
+                  f"seed {seed}"))
   if "sweep" in questions:
     ratios = scaling_sweep.TOY_RATIOS if toy else scaling_sweep.RATIOS
     for i, ratio in enumerate(ratios):
@@ -110,12 +123,13 @@ def num_params(run) -> int | None:
   return run.num_params
 
 
-def ablation_table(runs) -> dict:
-  """{ablation: {seed: final validation loss}} ('none' is the base)."""
+def ablation_table(runs, kind: str = "ablation") -> dict:
+  """{ablation: {seed: final validation loss}} ('none' is the base) of the runs whose
+  role starts with `kind` (ablation: the first data set; dataset: the second)."""
   out = {}
   for r in runs:
     role = _role(r)
-    if role[0] == "ablation" and r.finished:
+    if role[0] == kind and r.finished:
       v = r.final_validation()
       if v:
         out.setdefault(role[1], {})[int(role[2])] = float(v["loss"])
@@ -185,37 +199,20 @@ def section_ablations(runs) -> tuple[list, dict]:
                     "--questions=ablations`."], {}
   seeds = sorted(base)
   spread = (max(base.values()) - min(base.values())) if len(base) > 1 else float("nan")
-  lines += [f"Base run (SWELU, selective SSM): validation loss "
+  lines += ["Base run (SWELU, selective SSM): validation loss "
             + ", ".join(f"{base[s]:.4f} (seed {s})" for s in seeds)
             + (f"; seed spread {spread:.4f} nats." if np.isfinite(spread) else "."), ""]
   rows, answers = [], {}
-  from scipy import stats  # pylint: disable=import-outside-toplevel
   for abl in ABLATIONS:
     q, title, what = ABLATION_TEXT[abl]
     got = table.get(abl, {})
-    deltas = np.array([got[s] - base[s] for s in seeds if s in got])
-    if deltas.size == 0:
+    deltas = [got[s] - base[s] for s in seeds if s in got]
+    if not deltas:
       rows.append([q, title, what, "-", "-", "-", "not run"])
       continue
-    mean = float(deltas.mean())
-    if deltas.size > 1:
-      se = float(deltas.std(ddof=1) / math.sqrt(deltas.size))
-      t = float(stats.t.ppf(0.975, deltas.size - 1))
-      ci = (mean - t * se, mean + t * se)
-    else:
-      se, ci = float("nan"), (float("nan"), float("nan"))
-    if not np.isfinite(se):
-      verdict = "one seed: no uncertainty, no verdict"
-    elif ci[0] > 0:
-      verdict = "base better (95% CI excludes 0)"
-    elif ci[1] < 0:
-      verdict = "ablation better (95% CI excludes 0)"
-    else:
-      verdict = "no resolved difference (95% CI includes 0)"
-    answers[abl] = {"delta": mean, "se": se, "ci": ci, "n": int(deltas.size),
-                    "verdict": verdict, "deltas": deltas.tolist()}
-    rows.append([q, title, what, " / ".join(f"{x:+.4f}" for x in deltas), f"{mean:+.4f}",
-                 f"{_fmt(se, '.4f')}; [{_fmt(ci[0], '+.4f')}, {_fmt(ci[1], '+.4f')}]", verdict])
+    a = answers[abl] = paired_summary(deltas)
+    rows.append([q, title, what, " / ".join(f"{x:+.4f}" for x in deltas), f"{a['delta']:+.4f}",
+                 _interval(a), a["verdict"]])
   lines += _table(["", "question", "ablation", "Δ per seed (nats)", "mean Δ",
                    "SE; 95% CI (t, n−1 dof)", "reading"], rows)
   lines += [""]
@@ -237,10 +234,85 @@ def section_ablations(runs) -> tuple[list, dict]:
     lines.append(f"- In the base runs the learned k ended between {min(ks):.3f} and "
                  f"{max(ks):.3f} over {len(ks)} site(s) (k starts at 1): how far k moves "
                  "bounds what fixing it can change.")
-  lines += ["", "Whether SWELU's effect is dataset-dependent needs the same ablation on "
-            "each of the study's data sets (`--config=configs/ablations.py:silu/wikipedia_llama`"
-            " beside `silu/slimpajama_llama`); the toy questions run the mixture base only."]
   return lines, answers
+
+
+def paired_summary(deltas) -> dict:
+  """Mean of per-seed paired differences, its standard error and 95% t-interval, and
+  the reading (positive: the base, i.e. the first term's comparison, is better)."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  deltas = np.asarray(deltas, float)
+  mean = float(deltas.mean())
+  if deltas.size > 1:
+    se = float(deltas.std(ddof=1) / math.sqrt(deltas.size))
+    t = float(stats.t.ppf(0.975, deltas.size - 1))
+    ci = (mean - t * se, mean + t * se)
+  else:
+    se, ci = float("nan"), (float("nan"), float("nan"))
+  if not np.isfinite(se):
+    verdict = "one seed: no uncertainty, no verdict"
+  elif ci[0] > 0:
+    verdict = "base better (95% CI excludes 0)"
+  elif ci[1] < 0:
+    verdict = "ablation better (95% CI excludes 0)"
+  else:
+    verdict = "no resolved difference (95% CI includes 0)"
+  return {"delta": mean, "se": se, "ci": ci, "n": int(deltas.size), "verdict": verdict,
+          "deltas": deltas.tolist()}
+
+
+def _interval(a) -> str:
+  return f"{_fmt(a['se'], '.4f')}; [{_fmt(a['ci'][0], '+.4f')}, {_fmt(a['ci'][1], '+.4f')}]"
+
+
+def section_dataset(runs, scale: str) -> tuple[list, dict]:
+  """Q1b: SWELU versus SiLU on each of two data sets, and the difference of the effects."""
+  from configs import ablations  # pylint: disable=import-outside-toplevel
+  names = ablations.DATASET_PAIRS["toy" if scale == "toy" else "full"]
+  lines = ["## 2b. Is SWELU's effect dataset-dependent? (Q1b)", "",
+           f"The SiLU ablation repeated on a second data set (`{names[1]}`) at the first's "
+           f"(`{names[0]}`) model, tokenizer, token budget and optimiser "
+           "(configs/ablations.py `DATASET_PAIRS`). "
+           + ("Here the first is the mixture of docstrings and code, the second docstrings "
+              "alone (one type of prose, the toy's Wikipedia). " if scale == "toy" else "")
+           + "Losses on different data are not comparable, so each data set's Δ(SiLU − "
+           "SWELU) is paired with its own base run by seed; the dataset dependence is the "
+           "interaction Δ(second) − Δ(first), paired by seed (same initialisation stream).",
+           ""]
+  tables = [ablation_table(runs, "ablation"), ablation_table(runs, "dataset")]
+  deltas = []
+  for table in tables:
+    base, silu = table.get("none", {}), table.get("silu", {})
+    deltas.append({s: silu[s] - base[s] for s in base if s in silu})
+  if not deltas[0] or not deltas[1]:
+    return lines + ["Not run: `python experiments/run_study.py --questions=dataset` trains "
+                    "the base and SiLU runs of both data sets."], {}
+  rows, answer = [], {}
+  for name, table, d in zip(names, tables, deltas):
+    a = answer[name] = paired_summary([d[s] for s in sorted(d)])
+    a["base_loss"] = {s: table["none"][s] for s in sorted(d)}
+    rows.append([f"`{name}`", " / ".join(f"{table['none'][s]:.4f}" for s in sorted(d)),
+                 " / ".join(f"{d[s]:+.4f}" for s in sorted(d)), f"{a['delta']:+.4f}",
+                 _interval(a), a["verdict"]])
+  seeds = sorted(set(deltas[0]) & set(deltas[1]))
+  if seeds:
+    inter = paired_summary([deltas[1][s] - deltas[0][s] for s in seeds])
+    inter["verdict"] = inter["verdict"].replace("base better", "SWELU's gain larger on the "
+                                                "first data set").replace(
+        "ablation better", "SWELU's gain larger on the second data set")
+    answer["interaction"] = inter
+    rows.append(["interaction: Δ(second) − Δ(first)", "-",
+                 " / ".join(f"{x:+.4f}" for x in inter["deltas"]), f"{inter['delta']:+.4f}",
+                 _interval(inter), inter["verdict"]])
+  lines += _table(["data set", "base (SWELU) val. loss per seed", "Δ(SiLU − SWELU) per seed",
+                   "mean", "SE; 95% CI (t, n−1 dof)", "reading"], rows)
+  if "interaction" in answer:
+    i = answer["interaction"]
+    lines += ["", f"- **Q1b**: SWELU's advantage over SiLU changes by {i['delta']:+.4f} nats "
+              f"from `{names[0]}` to `{names[1]}` over {i['n']} seed(s): {i['verdict']}."
+              + (" A dataset dependence is only claimed when the interval excludes 0."
+                 if "includes 0" in i["verdict"] else "")]
+  return lines, answer
 
 
 def _fit_arch(runs, arch, resamples):
@@ -373,6 +445,11 @@ def section_limits(scale: str) -> list:
         "128), tuned for neither architecture at each size; the Transformer especially "
         "(1–3 heads of width 16–18 at toy width) may be further from its best settings "
         "than the Mamba model, so a gap between them here mixes architecture and tuning.",
+        "- The dataset question's two toy data sets are the mixture (docstrings and code) "
+        "and its docstrings alone, so their losses differ in kind, not only in level; "
+        "an interaction here says SWELU's edge over SiLU moves with the text, not how it "
+        "moves between SlimPajama and Wikipedia (`silu/wikipedia_chinchilla` beside "
+        "`silu/slimpajama_chinchilla` answers that).",
         "- Total parameter counts include embeddings (Chinchilla's convention); at toy "
         "width the embedding dominates N."]
   else:
@@ -399,11 +476,13 @@ def build_report(runs, out_dir: str, *, scale: str = "toy", title: str = "",
   lines += [f"> {n}" for n in (notes or [])] + ([""] if notes else [])
   lines += section_runs(runs) + [""]
   abl_lines, abl = section_ablations(runs)
+  data_lines, dataset = section_dataset(runs, scale)
   sweep_lines, sweep = section_sweep(runs, out_dir, plt, resamples=resamples)
-  lines += abl_lines + [""] + sweep_lines + [""] + section_limits(scale)
+  lines += (abl_lines + [""] + data_lines + [""] + sweep_lines + [""]
+            + section_limits(scale))
   path = os.path.join(out_dir, "README.md")
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines).rstrip() + "\n")
   with open(os.path.join(out_dir, "answers.json"), "w", encoding="utf-8") as f:
-    json.dump({"ablations": abl, "sweep": sweep}, f, indent=1, default=float)
+    json.dump({"ablations": abl, "dataset": dataset, "sweep": sweep}, f, indent=1, default=float)
   return path
