@@ -28,7 +28,7 @@ The command trains the shared study tokenizer from several sources:
 
   python -m mambaswelu_jax.data.tokenizer --sources=slimpajama,wikipedia \\
       --slimpajama_dir=/data/SlimPajama-627B --wikipedia_data_dir=/data/tfds \\
-      --vocab_size=32000 --sample_bytes=300000000 --output=/data/study_tokenizer.model
+      --vocab_size=50257 --sample_bytes=300000000 --output=/data/study_tokenizer.model
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def prepare_tokenizer(data_cfg, workdir: str, source=None) -> str:
   keep = min(1.0, 1.25 * budget / size) if size and size < 20 * budget else 1.0
   train_tokenizer(
       sample_texts(source.documents("train"), budget, keep_fraction=keep),
-      vocab_size=data_cfg.get("vocab_size", 32000), output_path=path,
+      vocab_size=data_cfg.vocab_size, output_path=path,
       description={"sources": [source.name]})
   return path
 
@@ -284,7 +284,7 @@ def main(argv=None) -> None:
   parser.add_argument("--wikipedia_data_dir", default="")
   parser.add_argument("--wikipedia_config", default="20230601.en")
   parser.add_argument("--try_gcs", action="store_true")
-  parser.add_argument("--vocab_size", type=int, default=32000)
+  parser.add_argument("--vocab_size", type=int, default=50257)
   parser.add_argument("--sample_bytes", type=int, default=300_000_000,
                       help="total training text, split evenly over sources")
   parser.add_argument("--model_type", default="bpe")
