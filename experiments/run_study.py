@@ -180,7 +180,7 @@ def main(argv=None) -> int:
   ap.add_argument("--poll", type=float, default=15.0)
   ap.add_argument("--questions", default="", help="all, or a comma-separated subset of "
                   "ablations,dataset,sweep: run the open questions instead of the three runs")
-  ap.add_argument("--seeds", default="0,1", help="--questions: seeds of every ablation run")
+  ap.add_argument("--seeds", default="0,1,2", help="--questions: seeds of every ablation run")
   ap.add_argument("--max_parallel", type=int, default=0,
                   help="--questions: runs trained at once (0: 6 for the toy, all for full)")
   ap.add_argument("--note", action="append", default=[],
@@ -279,8 +279,9 @@ def main(argv=None) -> int:
     stage_times = ", ".join(f"{k} {v:.0f} s" for k, v in timing.items()
                             if isinstance(v, (int, float)))
     notes.append(f"Wall time of the stages that produced this report: {stage_times} "
-                 f"(total {total / 60:.1f} min, on {os.cpu_count()} CPU core(s) shared with "
-                 f"other jobs).")
+                 f"(total {total / 60:.1f} min, on {os.cpu_count()} CPU core(s); load average "
+                 f"over the last 15 minutes {os.getloadavg()[2]:.1f}, this study's own runs "
+                 "included).")
     snap = os.path.join(root, "monitor_during_run.txt")
     if os.path.exists(snap):
       with open(snap, encoding="utf-8") as f:

@@ -29,7 +29,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -590,7 +590,9 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
       if ec.sample_tokens > 0:
         text = sample = sample_text(
             parts, state["params"], rest, data.tokenizer, ec.sample_prompt,
-            int(ec.sample_tokens), float(ec.sample_temperature), int(config.data.seq_len),
+            int(ec.sample_tokens), float(ec.sample_temperature),
+            max_positions=(0 if config.model.get("architecture", "mamba") == "mamba"
+                           else int(config.model.max_len)),
             seed=config.seed)
         writer.write_texts(step, {"sample": text})
         log.info("sample (temperature %.2f):\n%s%s", ec.sample_temperature, ec.sample_prompt,
@@ -767,56 +769,19 @@ def _fmt_time(seconds: float) -> str:
 
 
 def sample_text(parts: ModelParts, params: Any, rest: Any, tokenizer: Any, prompt: str,
-                num_tokens: int, temperature: float, max_len: int, seed: int = 0) -> str:
-  """A continuation of `prompt`: the recurrent decode step when the model has one,
-  else the full forward pass over a fixed-length window."""
-  model = merge_model(parts, jax.device_get(params), jax.device_get(rest))
-  ids = list(tokenizer.encode(prompt)) if prompt else []
-  bos = getattr(tokenizer, "bos_id", -1)
-  if not ids:
-    ids = [bos if isinstance(bos, int) and bos >= 0 else 0]
-  key = jax.random.key(seed)
-
-  def pick(logits, key):
-    if temperature <= 0:
-      return jnp.argmax(logits, -1)
-    return jax.random.categorical(key, logits / temperature, -1)
-
-  out: list[int] = []
-  if hasattr(model, "init_cache") and hasattr(model, "decode_step"):
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def step(state, token, cache, key):
-      m = nnx.merge(graphdef, state)
-      logits, cache = m.decode_step(token, cache)
-      return pick(logits[0], key), cache
-
-    cache = model.init_cache(1)
-    token = None
-    for i, t in enumerate(ids):
-      key, sub = jax.random.split(key)
-      token, cache = step(state, jnp.asarray([t], jnp.int32), cache, sub)
-    for _ in range(num_tokens):
-      out.append(int(token))
-      key, sub = jax.random.split(key)
-      token, cache = step(state, jnp.asarray([int(token)], jnp.int32), cache, sub)
-  else:
-    graphdef, state = nnx.split(model)
-    window = max_len
-
-    @jax.jit
-    def step(state, buf, pos, key):
-      logits = nnx.merge(graphdef, state)(buf)[0]
-      return pick(logits[pos], key)
-
-    seq = list(ids)
-    for _ in range(num_tokens):
-      ctx = seq[-window:]
-      buf = np.zeros((1, window), np.int32)
-      buf[0, :len(ctx)] = ctx
-      key, sub = jax.random.split(key)
-      token = int(step(state, jnp.asarray(buf), len(ctx) - 1, sub))
-      seq.append(token)
-      out.append(token)
-  return tokenizer.decode(out)
+                num_tokens: int, temperature: float, max_positions: int = 0,
+                seed: int = 0) -> str:
+  """A continuation of `prompt` (after an EOS, as documents are packed) by the compiled
+  recurrent sampler of `generate`. A KV cache holds `max_positions` tokens (0: no
+  limit): a longer prompt keeps its end and the sample is cut to fit."""
+  from mambaswelu_jax import generate  # pylint: disable=import-outside-toplevel
+  ids = [tokenizer.eos_id] + list(tokenizer.encode(prompt))
+  if max_positions:
+    ids = ids[-max(1, max_positions // 2):]
+    num_tokens = min(num_tokens, max_positions - len(ids))
+  fn = jax.jit(functools.partial(generate.generate_tokens, graphdef=parts.graphdef,
+                                 max_new_tokens=num_tokens))
+  tokens = fn(jax.device_get(params), jax.device_get(rest), jnp.asarray([ids], jnp.int32),
+              jnp.asarray([len(ids)], jnp.int32), jax.random.key(seed),
+              jnp.float32(temperature), jnp.int32(0), jnp.float32(1.0), jnp.int32(-1))
+  return tokenizer.decode([int(t) for t in np.asarray(tokens)[0]])

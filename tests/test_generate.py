@@ -139,3 +139,14 @@ def test_command_line_two_runs_side_by_side(trained_workdir, tmp_path):
   missing = subprocess.run(cmd[:3] + [f"--workdir={tmp_path / 'none'}"], env=env, capture_output=True,
                            text=True, timeout=300, check=False)
   assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_trainers_end_of_run_sample_is_the_same_sampler(run, g):
+  """train.sample_text (the sample in train.log and TensorBoard) is generate's sampler:
+  greedy, it gives the Generator's tokens for the same prompt."""
+  from mambaswelu_jax import train  # pylint: disable=import-outside-toplevel
+  parts = train.ModelParts(graphdef=run.graphdef, tx=None, num_params=0)
+  text = train.sample_text(parts, run.params, run.rest, run.tokenizer, "import os\n", 16, 0.0)
+  (ids,), _, _ = g.generate_ids([g.encode_prompt("import os\n")], 16, temperature=0.0,
+                                stop_at_eos=False)
+  assert text == run.tokenizer.decode(ids)

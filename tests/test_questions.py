@@ -179,7 +179,7 @@ def test_questions_report_reads_ablations_and_fits_the_sweep(tmp_path):
   assert "base better" in answers["ablations"]["gated_conv"]["verdict"]
   assert "ablation better" in answers["ablations"]["transformer"]["verdict"]
   inter = answers["dataset"]["interaction"]
-  assert inter["delta"] == pytest.approx(0.2) and inter["n"] == 2
+  assert inter["delta"] == pytest.approx(0.2) and inter["n"] == 3
   assert "larger on the first data set" in inter["verdict"]
   assert answers["dataset"]["toy_single"]["delta"] == pytest.approx(0.25)
   fits = answers["sweep"]["fits"]

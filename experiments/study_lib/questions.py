@@ -52,7 +52,7 @@ def parse_questions(text: str) -> tuple:
   return got
 
 
-def specs(scale: str, questions=QUESTIONS, seeds=(0, 1)) -> list:
+def specs(scale: str, questions=QUESTIONS, seeds=(0, 1, 2)) -> list:
   """The RunSpecs of the chosen questions. Toy: configs' `/toy` variants."""
   from configs import ablations  # pylint: disable=import-outside-toplevel
   from configs import scaling_sweep  # pylint: disable=import-outside-toplevel
@@ -432,8 +432,8 @@ def section_limits(scale: str) -> list:
         "standard library's docstrings and code. It shows that each question is one "
         "config away, that the runs, fits and intervals work end to end, and how the "
         "answers read. It cannot say how the 124M study model behaves: activation and "
-        "mixer effects at this size and budget need not survive at scale, and two seeds "
-        "give a wide t-interval.",
+        "mixer effects at this size and budget need not survive at scale, and a few seeds "
+        "give a wide t-interval (t with n − 1 degrees of freedom).",
         "- The sweep's N range is under one decade and its D points come from inside "
         "runs that follow a cosine schedule (an early point is not what a run with that "
         "budget would reach), and the bootstrap resamples points, which ignores that "
