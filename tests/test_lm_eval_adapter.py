@@ -202,6 +202,11 @@ def _direct_logprob(run, ids, n_cont):
       np.all(np.argmax(logp[rows], -1) == np.asarray(ids[1:])[-n_cont:]))
 
 
+def _fit(run, ids):
+  """A long context keeps its last max_length + 1 tokens, as the adapter scores it."""
+  return ids[-(run.max_length + 1):]
+
+
 def _req(kind, args, i=0):
   return Instance(request_type=kind, doc={}, arguments=args, idx=i)
 
@@ -224,7 +229,7 @@ def test_loglikelihood_equals_the_models_forward(run, lm):
       ids, n = [tok.eos_id] + whole, len(whole) - len(c)
     else:
       ids, n = [tok.eos_id] + tok.encode(cont), len(tok.encode(cont))
-    ids = ids[-(run.max_length + 1):]   # the long context keeps its last max_length + 1 tokens
+    ids = _fit(run, ids)
     want, want_greedy = _direct_logprob(run, ids, n)
     np.testing.assert_allclose(logp, want, rtol=2e-5, atol=2e-5)
     assert greedy == want_greedy
@@ -286,7 +291,7 @@ def test_local_tasks_through_the_eval_command(workdir, run, tasks_dir, tmp_path)
     scores = []
     for sol in (doc["sol1"], doc["sol2"]):
       whole, c = tok.encode(ctx + " " + sol), tok.encode(ctx)
-      scores.append(_direct_logprob(run, [tok.eos_id] + whole, len(whole) - len(c))[0])
+      scores.append(_direct_logprob(run, _fit(run, [tok.eos_id] + whole), len(whole) - len(c))[0])
     hits.append(int(np.argmax(scores)) == doc["label"])
   assert res["mini_piqa"]["acc"] == pytest.approx(np.mean(hits))
   # LAMBADA perplexity = exp(-mean log p(last word)).
@@ -295,7 +300,7 @@ def test_local_tasks_through_the_eval_command(workdir, run, tasks_dir, tmp_path)
     words = doc["text"].split(" ")
     ctx, cont = " ".join(words[:-1]), " " + words[-1]
     whole, c = tok.encode(ctx + cont), tok.encode(ctx)
-    lls.append(_direct_logprob(run, [tok.eos_id] + whole, len(whole) - len(c))[0])
+    lls.append(_direct_logprob(run, _fit(run, [tok.eos_id] + whole), len(whole) - len(c))[0])
   assert res["mini_lambada_openai"]["perplexity"] == pytest.approx(math.exp(-np.mean(lls)),
                                                                    rel=1e-4)
 
