@@ -115,15 +115,18 @@ def wait_for_runs(root: str, specs, *, poll: float = 15.0, snapshot_path: str = 
     time.sleep(poll)
 
 
-def train_in_pool(root, specs, devices, extra, env, args, log) -> bool:
+def train_in_pool(root, specs, devices, extra, env, args, log, python=None) -> bool:
   """Keeps `max_parallel` runs training, starting the next queued run as soon as one
   ends (a finished run is skipped by the launch plan, a dead one resumes from its
   checkpoint). A run that stops unfinished is reported, not retried. True when all
   finished."""
   groups = runs_lib.parse_devices(devices, 1 + devices.count(":")) if devices else [None]
-  default = 6 if groups == [None] else len(groups)   # CPU: 6; GPUs: one run per group
-  width = min(args.max_parallel or default, len(specs))
-  slots = groups * width if groups == [None] else runs_lib.parse_devices(devices, width)
+  if groups == [None]:   # CPU, unpinned: 6 at a time unless told
+    width = min(args.max_parallel or 6, len(specs))
+    slots = [None] * width
+  else:                  # one run per device group
+    width = min(args.max_parallel or len(groups), len(groups), len(specs))
+    slots = groups[:width]
   queue, active, failed = list(specs), {}, []      # active: slot -> spec
   snapshot_path, saved, last_print = os.path.join(root, "monitor_during_run.txt"), False, 0.0
   while queue or active:
@@ -141,7 +144,7 @@ def train_in_pool(root, specs, devices, extra, env, args, log) -> bool:
       slot = next(i for i in range(width) if i not in active)
       spec = queue.pop(0)
       launch_study.launch(root, [spec], [slots[slot]], extra=tuple(extra), env_extra=env,
-                          out=log)
+                          python=python, out=log)
       if runs_lib.running_pid(runs_lib.paths(root, spec.name)) is not None:
         active[slot] = spec
     done = len(specs) - len(queue) - len(active)
@@ -251,18 +254,19 @@ def main(argv=None) -> int:
 
   runs = collect.load_study(root, specs)
   bench_note = ""
-  if "evaluate" in stages and runs:
+  if runs and {"evaluate", "benchmarks", "generate"} & set(stages):
+    # Loads the evaluation tools (JAX, the model) only when a stage needs them.
     from experiments.study_lib import postprocess  # pylint: disable=import-outside-toplevel
-    timed("evaluate", lambda: postprocess.evaluate_study(runs, max_tokens=args.eval_tokens,
-                                                         log=log))
-  if "benchmarks" in stages and runs:
-    from experiments.study_lib import postprocess  # pylint: disable=import-outside-toplevel
-    bench_note = timed("benchmarks", lambda: postprocess.benchmarks_study(runs, log=log))
-    timing["benchmarks_note"] = bench_note
-  if "generate" in stages and runs:
-    from experiments.study_lib import postprocess  # pylint: disable=import-outside-toplevel
-    timed("generate", lambda: postprocess.generate_study(
-        runs, max_new_tokens=args.gen_tokens, num_samples=args.gen_samples, log=log, root=root))
+    if "evaluate" in stages:
+      timed("evaluate", lambda: postprocess.evaluate_study(runs, max_tokens=args.eval_tokens,
+                                                           log=log))
+    if "benchmarks" in stages:
+      bench_note = timed("benchmarks", lambda: postprocess.benchmarks_study(runs, log=log))
+      timing["benchmarks_note"] = bench_note
+    if "generate" in stages:
+      timed("generate", lambda: postprocess.generate_study(
+          runs, max_new_tokens=args.gen_tokens, num_samples=args.gen_samples, log=log,
+          root=root))
   if "report" in stages:
     total = sum(v for k, v in timing.items() if isinstance(v, (int, float)))
     notes = []

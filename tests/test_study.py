@@ -360,3 +360,47 @@ def test_toy_study_end_to_end(tmp_path):
     assert os.path.exists(os.path.join(root, name, "generations.json"))
   assert "cross-evaluated on embedded" in text
   assert os.path.exists(os.path.join(root, "monitor_during_run.txt"))
+
+
+def test_pool_starts_the_next_run_when_one_ends_and_reports_failures(tmp_path):
+  """run_study's pool keeps `max_parallel` runs going: a short run's slot is refilled
+  at once, not when its slowest neighbour ends (as waves would); a run that exits
+  unfinished is reported and the pool still returns."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  from experiments import run_study  # pylint: disable=import-outside-toplevel
+  events = tmp_path / "events"
+  fake = tmp_path / "fake_python"
+  fake.write_text(
+      "#!/bin/sh\n"
+      'for a in "$@"; do case "$a" in --workdir=*) wd="${a#--workdir=}";; '
+      '--sleep=*) s="${a#--sleep=}";; --fail) fail=1;; esac; done\n'
+      f'echo "start $(basename $wd) $(date +%s.%N)" >> {events}\n'
+      'sleep "$s"\n'
+      '[ -n "$fail" ] && exit 1\n'
+      'mkdir -p "$wd/final/1"\n'
+      f'echo "end $(basename $wd) $(date +%s.%N)" >> {events}\n')
+  fake.chmod(0o755)
+  specs = [runs_lib.RunSpec(name, "configs/demo.py", "", overrides=(f"--sleep={t}",) + extra)
+           for name, t, extra in (("a_short", 0.2, ()), ("b_long", 4, ()),
+                                  ("c_short", 0.2, ()), ("d_fails", 0.2, ("--fail",)))]
+  root = str(tmp_path / "pool")
+  args = argparse.Namespace(max_parallel=2, scale="toy", poll=0.1)
+  ok = run_study.train_in_pool(root, specs, "none", [], None, args, lambda m: None,
+                               python=str(fake))
+  assert not ok                                    # d_fails did not finish
+  times = {}
+  for line in events.read_text().split("\n"):
+    if line:
+      kind, name, t = line.split()
+      times[(kind, name)] = float(t)
+  assert {n for k, n in times if k == "start"} == {s.name for s in specs}
+  assert ("end", "d_fails") not in times
+  ends = {n: times.get(("end", n), times[("start", n)] + 0.2) for k, n in times if k == "start"}
+  for k, n in times:
+    if k == "start":
+      t = times[(k, n)]
+      assert sum(times[("start", m)] <= t < ends[m] for m in ends) <= 2   # max_parallel
+  # c_short took a_short's slot while b_long was still running.
+  assert times[("start", "c_short")] < times[("end", "b_long")] - 1.0
+  for s in specs[:3]:
+    assert runs_lib.finished(runs_lib.paths(root, s.name).workdir)
