@@ -45,6 +45,7 @@ from experiments import compare as compare_lib  # pylint: disable=wrong-import-p
 from experiments import launch_study  # pylint: disable=wrong-import-position
 from experiments import monitor  # pylint: disable=wrong-import-position
 from experiments.study_lib import collect  # pylint: disable=wrong-import-position
+from experiments.study_lib import postprocess  # pylint: disable=wrong-import-position
 from experiments.study_lib import runs as runs_lib  # pylint: disable=wrong-import-position
 
 STAGES = ("tokenizer", "train", "evaluate", "benchmarks", "generate", "report")
@@ -255,8 +256,6 @@ def main(argv=None) -> int:
   runs = collect.load_study(root, specs)
   bench_note = ""
   if runs and {"evaluate", "benchmarks", "generate"} & set(stages):
-    # Loads the evaluation tools (JAX, the model) only when a stage needs them.
-    from experiments.study_lib import postprocess  # pylint: disable=import-outside-toplevel
     if "evaluate" in stages:
       timed("evaluate", lambda: postprocess.evaluate_study(runs, max_tokens=args.eval_tokens,
                                                            log=log))
