@@ -250,6 +250,10 @@ def main(argv=None) -> int:
                              snapshot_path=os.path.join(root, "monitor_during_run.txt"), log=log)
       return train_in_pool(root, specs, devices, extra, env, args, log)
     ok = timed("train", train)
+    # The load the training ran under (its own runs included), for the report.
+    timing["load_average"] = {"after train, 15 min": round(os.getloadavg()[2], 1)}
+    with open(timing_path, "w", encoding="utf-8") as f:
+      json.dump(timing, f, indent=1)
     if not ok:
       log("not every run finished; later stages use what exists")
 
@@ -282,9 +286,10 @@ def main(argv=None) -> int:
     stage_times = ", ".join(f"{k} {v:.0f} s" for k, v in timing.items()
                             if isinstance(v, (int, float)))
     notes.append(f"Wall time of the stages that produced this report: {stage_times} "
-                 f"(total {total / 60:.1f} min, on {os.cpu_count()} CPU core(s); load average "
-                 f"over the last 15 minutes {os.getloadavg()[2]:.1f}, this study's own runs "
-                 "included).")
+                 f"(total {total / 60:.1f} min, on {os.cpu_count()} CPU core(s)"
+                 + "".join(f"; load average {k} {v:g}" for k, v in
+                           timing.get("load_average", {}).items())
+                 + ").")
     snap = os.path.join(root, "monitor_during_run.txt")
     if os.path.exists(snap):
       with open(snap, encoding="utf-8") as f:
