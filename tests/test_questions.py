@@ -181,7 +181,7 @@ def test_questions_report_reads_ablations_and_fits_the_sweep(tmp_path):
   inter = answers["dataset"]["interaction"]
   assert inter["delta"] == pytest.approx(0.2) and inter["n"] == 3
   assert "larger on the first data set" in inter["verdict"]
-  assert answers["dataset"]["toy_single"]["delta"] == pytest.approx(0.25)
+  assert answers["dataset"]["toy_single"]["delta"] == pytest.approx(0.25, abs=0.003)  # ± jitter
   fits = answers["sweep"]["fits"]
   assert fits["mamba"]["alpha"] == pytest.approx(0.4, abs=0.1)
   assert fits["transformer"]["alpha"] == pytest.approx(0.6, abs=0.1)
