@@ -180,7 +180,7 @@ def test_questions_report_reads_ablations_and_fits_the_sweep(tmp_path):
   assert "ablation better" in answers["ablations"]["transformer"]["verdict"]
   inter = answers["dataset"]["interaction"]
   assert inter["delta"] == pytest.approx(0.2) and inter["n"] == 3
-  assert "larger on the first data set" in inter["verdict"]
+  assert "larger on the second data set" in inter["verdict"]   # SiLU loses more there
   assert answers["dataset"]["toy_single"]["delta"] == pytest.approx(0.25, abs=0.003)  # ± jitter
   fits = answers["sweep"]["fits"]
   assert fits["mamba"]["alpha"] == pytest.approx(0.4, abs=0.1)

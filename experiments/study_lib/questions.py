@@ -237,9 +237,10 @@ def section_ablations(runs) -> tuple[list, dict]:
   return lines, answers
 
 
-def paired_summary(deltas) -> dict:
+def paired_summary(deltas, above: str = "base better",
+                   below: str = "ablation better") -> dict:
   """Mean of per-seed paired differences, its standard error and 95% t-interval, and
-  the reading (positive: the base, i.e. the first term's comparison, is better)."""
+  the reading: `above` when the interval lies above 0, `below` when below."""
   from scipy import stats  # pylint: disable=import-outside-toplevel
   deltas = np.asarray(deltas, float)
   mean = float(deltas.mean())
@@ -252,9 +253,9 @@ def paired_summary(deltas) -> dict:
   if not np.isfinite(se):
     verdict = "one seed: no uncertainty, no verdict"
   elif ci[0] > 0:
-    verdict = "base better (95% CI excludes 0)"
+    verdict = f"{above} (95% CI excludes 0)"
   elif ci[1] < 0:
-    verdict = "ablation better (95% CI excludes 0)"
+    verdict = f"{below} (95% CI excludes 0)"
   else:
     verdict = "no resolved difference (95% CI includes 0)"
   return {"delta": mean, "se": se, "ci": ci, "n": int(deltas.size), "verdict": verdict,
@@ -296,10 +297,9 @@ def section_dataset(runs, scale: str) -> tuple[list, dict]:
                  _interval(a), a["verdict"]])
   seeds = sorted(set(deltas[0]) & set(deltas[1]))
   if seeds:
-    inter = paired_summary([deltas[1][s] - deltas[0][s] for s in seeds])
-    inter["verdict"] = inter["verdict"].replace("base better", "SWELU's gain larger on the "
-                                                "first data set").replace(
-        "ablation better", "SWELU's gain larger on the second data set")
+    inter = paired_summary([deltas[1][s] - deltas[0][s] for s in seeds],
+                           above="SWELU's gain larger on the second data set",
+                           below="SWELU's gain larger on the first data set")
     answer["interaction"] = inter
     rows.append(["interaction: Δ(second) − Δ(first)", "-",
                  " / ".join(f"{x:+.4f}" for x in inter["deltas"]), f"{inter['delta']:+.4f}",
