@@ -17,9 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo
 from mambaswelu_jax import checkpointing, train
 from mambaswelu_jax.metrics import read_jsonl
+from tests.test_train import tiny as train_tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 8
@@ -29,13 +29,8 @@ pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def tiny(tokenizer_path, **overrides):
-  config = demo.get_config("tiny")
-  config.data.tokenizer_path = tokenizer_path
-  config.eval.sample_tokens = 0
-  for key, value in overrides.items():
-    block, field = key.split("__")
-    config[block][field] = value
-  return config
+  """test_train's tiny run without the end-of-run text sample (not what is tested here)."""
+  return train_tiny(tokenizer_path, **{"eval__sample_tokens": 0, **overrides})
 
 
 def leaves(tree):
