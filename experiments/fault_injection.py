@@ -40,6 +40,7 @@ sys.path.insert(0, ROOT)
 
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
+import pytest  # pylint: disable=wrong-import-position
 
 from tests import test_fault_tolerance as ft  # pylint: disable=wrong-import-position
 from mambaswelu_jax import checkpointing, train  # pylint: disable=wrong-import-position
@@ -59,22 +60,6 @@ def _params_equal(workdir, reference, abstract):
   _, b = checkpointing.restore_params(reference, abstract, kind="final")
   return all(np.array_equal(np.asarray(x), np.asarray(y))
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-class _Patch:
-  """A tiny monkeypatch for the in-process faults."""
-
-  def __init__(self):
-    self._undo = []
-
-  def setattr(self, obj, name, value):
-    self._undo.append((obj, name, getattr(obj, name)))
-    setattr(obj, name, value)
-
-  def undo(self):
-    for obj, name, value in reversed(self._undo):
-      setattr(obj, name, value)
-    self._undo = []
 
 
 def run_fault(fault, seed, work, tok, reference, abstract):
@@ -120,7 +105,7 @@ def run_fault(fault, seed, work, tok, reference, abstract):
     ok = f"checkpoints/{steps[-1]} does not restore, skipping it" in log
     same = _params_equal(workdir, reference, abstract)
     return ok and same, 0 if same else 1, f"{how} {os.path.relpath(path, workdir)}"
-  patch = _Patch()
+  patch = pytest.MonkeyPatch()   # undone after each fault
   try:
     if fault == "nonfinite":
       start = int(rng.integers(2, ft.NUM_STEPS - 3))
@@ -143,24 +128,8 @@ def run_fault(fault, seed, work, tok, reference, abstract):
       return ok, 0, f"steps {start}-{start + 2} skipped (counted), {int(last['nonfinite_reloads'])} reload(s)"
     if fault == "nan_param":
       at = int(rng.integers(2, ft.NUM_STEPS))
-      real_make = train.make_train_step
-
-      def make(*args, **kwargs):
-        step_fn = real_make(*args, **kwargs)
-        calls = {"n": 0}
-
-        def poisoned(state, batch, rest, lr_scale=None):
-          calls["n"] += 1
-          if calls["n"] == at:
-            params = jax.tree.map(np.array, jax.device_get(state["params"]))
-            leaf = jax.tree.leaves(params)[int(rng.integers(0, len(jax.tree.leaves(params))))]
-            leaf.reshape(-1)[0] = np.nan
-            sharding = jax.tree.leaves(state["params"])[0].sharding
-            state = dict(state, params=jax.device_put(params, sharding))
-          return step_fn(state, batch, rest, lr_scale)
-        return poisoned
-
-      patch.setattr(train, "make_train_step", make)
+      patch.setattr(train, "make_train_step",
+                    ft.poison_params_at(at, leaf=int(rng.integers(0, 1 << 30))))
       result = train.train_and_evaluate(ft.tiny(tok, eval__every_steps=0), workdir)
       ok = result.step == ft.NUM_STEPS
       for s in checkpointing.Checkpoints(workdir, ft.tiny(tok).checkpoint).states.all_steps():
@@ -169,16 +138,10 @@ def run_fault(fault, seed, work, tok, reference, abstract):
       return ok, 0, f"NaN at step {at}; every checkpoint finite"
     if fault == "disk_full":
       fail = int(rng.integers(1, ft.NUM_STEPS // 2)) * 2
-      from orbax.checkpoint._src.path import async_path  # pylint: disable=import-outside-toplevel
-
-      class _MP:  # adapter: ft._fail_commit_of wants a monkeypatch
-        setattr = patch.setattr
-
-      ft._fail_commit_of(_MP, [fail])  # pylint: disable=protected-access
+      ft._fail_commit_of(patch, [fail])  # pylint: disable=protected-access
       config = ft.tiny(tok, checkpoint__every_steps=2, checkpoint__snapshot_every_steps=0,
                        eval__every_steps=0, checkpoint__max_to_keep=5)
       result = train.train_and_evaluate(config, workdir)
-      del async_path
       saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
                      if s.isdigit())
       ok = result.step == ft.NUM_STEPS and fail not in saved

@@ -33,6 +33,28 @@ def tiny(tokenizer_path, **overrides):
   return train_tiny(tokenizer_path, **{"eval__sample_tokens": 0, **overrides})
 
 
+def poison_params_at(call: int, leaf: int = 0):
+  """A stand-in for train.make_train_step whose step writes NaN into parameter leaf
+  number `leaf` (modulo the leaf count) just before its `call`-th call."""
+  real_make = train.make_train_step
+
+  def make(*args, **kwargs):
+    step_fn = real_make(*args, **kwargs)
+    calls = {"n": 0}
+
+    def poisoned(state, batch, rest, lr_scale=None):
+      calls["n"] += 1
+      if calls["n"] == call:
+        params = jax.tree.map(np.array, jax.device_get(state["params"]))
+        flat = jax.tree.leaves(params)
+        flat[leaf % len(flat)].reshape(-1)[0] = np.nan
+        sharding = jax.tree.leaves(state["params"])[0].sharding
+        state = dict(state, params=jax.device_put(params, sharding))
+      return step_fn(state, batch, rest, lr_scale)
+    return poisoned
+  return make
+
+
 def leaves(tree):
   return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
 
@@ -129,24 +151,7 @@ def test_nonfinite_batches_reload_and_scale_lr(tokenizer_path, tmp_path, monkeyp
 def test_nonfinite_param_is_never_checkpointed(tokenizer_path, tmp_path, monkeypatch):
   """NaN written into a parameter after step 5: every later update is skipped; the
   step-8 checkpoint is refused, the step-4 params come back and are saved instead."""
-  real_make = train.make_train_step
-
-  def make(*args, **kwargs):
-    step_fn = real_make(*args, **kwargs)
-    calls = {"n": 0}
-
-    def poisoned(state, batch, rest, lr_scale=None):
-      calls["n"] += 1
-      if calls["n"] == 6:
-        params = jax.tree.map(np.array, jax.device_get(state["params"]))
-        first = jax.tree.leaves(params)[0]
-        first[(0,) * first.ndim] = np.nan
-        sharding = jax.tree.leaves(state["params"])[0].sharding
-        state = dict(state, params=jax.device_put(params, sharding))
-      return step_fn(state, batch, rest, lr_scale)
-    return poisoned
-
-  monkeypatch.setattr(train, "make_train_step", make)
+  monkeypatch.setattr(train, "make_train_step", poison_params_at(6))
   workdir = str(tmp_path)
   result = train.train_and_evaluate(
       tiny(tokenizer_path, train__max_consecutive_nonfinite=0, eval__every_steps=0), workdir)

@@ -64,13 +64,20 @@ def test_stepwise_decoding_equals_the_full_forward(mixer, positions, activation)
   cfg = tiny(mixer=mixer, learned_positions=positions, activation=activation)
   model = build_model(cfg, nnx.Rngs(1))
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (3, 13)))
+  cache = assert_decoding_equals_forward(model, tokens)
+  assert int(cache["position"]) == tokens.shape[1]
+
+
+def assert_decoding_equals_forward(model, tokens):
+  """Feeds `tokens` one step at a time through the model's cache; every step's logits
+  equal the full forward's at that position. Returns the final cache."""
   full = model(tokens)
   step = nnx.jit(lambda m, t, c: m.decode_step(t, c))
-  cache = model.init_cache(3)
+  cache = model.init_cache(tokens.shape[0])
   for t in range(tokens.shape[1]):
     logits, cache = step(model, tokens[:, t], cache)
     np.testing.assert_allclose(logits, full[:, t], rtol=1e-4, atol=1e-4)
-  assert int(cache["position"]) == tokens.shape[1]
+  return cache
 
 
 def test_bfloat16_compute_gives_finite_loss_and_gradients_and_float32_params():

@@ -12,6 +12,7 @@ from configs import default, demo
 from mambaswelu_jax.models import build_model, match_mamba_size, param_count
 from mambaswelu_jax.models.flops import flops_per_token
 from mambaswelu_jax.models.transformer import TransformerLM, transformer_param_count
+from tests.test_model import assert_decoding_equals_forward
 
 
 def tiny(**overrides):
@@ -29,12 +30,7 @@ def test_kv_cache_decoding_equals_the_full_forward(positions, mlp):
   model = build_model(cfg, nnx.Rngs(1))
   assert isinstance(model, TransformerLM)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (3, 11)))
-  full = model(tokens)
-  step = nnx.jit(lambda m, t, c: m.decode_step(t, c))
-  cache = model.init_cache(3)
-  for t in range(tokens.shape[1]):
-    logits, cache = step(model, tokens[:, t], cache)
-    np.testing.assert_allclose(logits, full[:, t], rtol=1e-4, atol=1e-4)
+  cache = assert_decoding_equals_forward(model, tokens)
   np.testing.assert_array_equal(cache["position"], [tokens.shape[1]] * 3)
 
 
