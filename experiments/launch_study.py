@@ -1,6 +1,7 @@
 r"""Launch the study's runs, each detached and pinned to its devices.
 
   python experiments/launch_study.py --root=runs [--devices=0,1:2,3:4,5] [--dry_run]
+      [--run_flag=RUN[,RUN...]:FLAG ...] [-- FLAG ...]
   python experiments/launch_study.py --root=runs --runs=wikipedia_llama --devices=4,5
   python experiments/launch_study.py --root=runs --stop [--runs=...]
 
@@ -15,11 +16,22 @@ Each run is `python -m mambaswelu_jax.main --config=... --workdir=ROOT/<run>` in
 session (setsid: it survives the terminal and a hang-up), `CUDA_VISIBLE_DEVICES` set to
 its device group, output appended to ROOT/logs/<run>.log, its pid in ROOT/pids/<run>.json
 and its exit status in ROOT/pids/<run>.exit when it ends. `--devices=none` pins nothing
-(a CPU machine). Flags after `--` go to every run, e.g.
-`-- --config.data.data_dir=/data/SlimPajama-627B`.
+(a CPU machine).
+
+Trainer flags: those after `--` go to every run, e.g.
+`-- --config.data.tokenizer_path=/data/study_tokenizer.model`; `--run_flag=RUN:FLAG`
+(repeatable; `RUN` may be a comma-separated list) gives FLAG to the named run(s) only,
+e.g. `--run_flag=wikipedia_llama:--config.data.data_dir=/data/tfds`. A run's own flags
+come after the common ones, so they win where both set the same option. Per-run flags
+for a run not selected by `--runs` are ignored. Pass the same flags again when
+relaunching: a restart runs the command built now.
 
 `--stop` sends SIGTERM to the runs' process groups; the trainer saves a checkpoint and
 exits (status 143), and a later launch resumes it.
+
+Exit status: 0 every selected run started, restarted or already finished (or the
+dry run printed); 1 a run was refused (already running); 2 bad command line (unknown
+run name, malformed --run_flag or --devices), nothing started.
 """
 
 from __future__ import annotations
@@ -56,12 +68,39 @@ def plan(root: str, specs, devices: list) -> list[tuple]:
   return out
 
 
+def parse_run_flags(values, known) -> dict[str, tuple]:
+  """['RUN[,RUN...]:FLAG', ...] -> {run: (FLAG, ...)}, in the order given.
+
+  Raises ValueError (one line, naming the known runs) for an unknown run or a value
+  that is not RUN:--flag.
+  """
+  out: dict[str, tuple] = {}
+  for value in values or ():
+    names, sep, flag = value.partition(":")
+    runs = [n.strip() for n in names.split(",") if n.strip()]
+    if not sep or not runs or not flag.startswith("--"):
+      raise ValueError(f"--run_flag={value!r}: expected RUN[,RUN...]:--FLAG, e.g. "
+                       f"{known[-1]}:--config.data.data_dir=/data/tfds")
+    unknown = [n for n in runs if n not in known]
+    if unknown:
+      raise ValueError(f"--run_flag={value!r}: unknown run(s) {', '.join(unknown)}; "
+                       f"this study has {', '.join(known)}")
+    for n in runs:
+      out[n] = out.get(n, ()) + (flag,)
+  return out
+
+
 def launch(root: str, specs, devices: list, *, dry_run: bool = False, extra: tuple = (),
-           env_extra: dict | None = None, python: str | None = None, out=print) -> int:
-  """Carries out the plan; returns the exit status (1 when a run was refused)."""
+           run_flags: dict | None = None, env_extra: dict | None = None,
+           python: str | None = None, out=print) -> int:
+  """Carries out the plan; returns the exit status (1 when a run was refused).
+
+  Every run gets the flags in `extra`, then its own from `run_flags` ({run: flags}).
+  """
   status = 0
   for spec, p, dev, action, detail in plan(root, specs, devices):
-    cmd = runs_lib.train_command(spec, p, python, extra)
+    flags = tuple(extra) + tuple((run_flags or {}).get(spec.name, ()))
+    cmd = runs_lib.train_command(spec, p, python, flags)
     env = (f"CUDA_VISIBLE_DEVICES={dev} " if dev else "") + "".join(
         f"{k}={shlex.quote(v)} " for k, v in (env_extra or {}).items())
     shown = f"{env}setsid nohup {shlex.join(cmd)} >> {p.log} 2>&1 &"
@@ -75,7 +114,7 @@ def launch(root: str, specs, devices: list, *, dry_run: bool = False, extra: tup
     if dry_run:
       out(f"{spec.name}: would {action} ({detail}):\n  {shown}")
       continue
-    pid = runs_lib.start(spec, p, dev, env_extra=env_extra, python=python, extra=extra)
+    pid = runs_lib.start(spec, p, dev, env_extra=env_extra, python=python, extra=flags)
     runs_lib.append_history(p, {"event": action, "pid": pid, "devices": dev, "command": cmd})
     out(f"{spec.name}: {action}ed ({detail}), pid {pid}, devices {dev or 'unpinned'}, "
         f"log {p.log}")
@@ -114,9 +153,21 @@ def main(argv=None) -> int:
                        f"{runs_lib.DEFAULT_DEVICES} for the full study, none for the toy); "
                        f"'none' pins nothing")
   ap.add_argument("--dry_run", action="store_true", help="print what would run, start nothing")
+  ap.add_argument("--run_flag", action="append", default=[], metavar="RUN[,RUN...]:FLAG",
+                  help="a trainer flag for the named run(s) only, after the common flags "
+                       "(repeatable), e.g. wikipedia_llama:--config.data.data_dir=/data/tfds")
   ap.add_argument("--stop", action="store_true", help="SIGTERM the runs (checkpoint, exit)")
   args = ap.parse_args(argv)
-  specs = runs_lib.select(runs_lib.SCALES[args.scale], args.runs)
+  study = runs_lib.SCALES[args.scale]
+  try:
+    run_flags = parse_run_flags(args.run_flag, [s.name for s in study])
+    specs = runs_lib.select(study, args.runs)
+  except ValueError as e:
+    return _usage_error(str(e))
+  except SystemExit as e:  # runs_lib's one-line refusals
+    if not isinstance(e.code, str):
+      raise
+    return _usage_error(f"--runs={args.runs}: {e.code}")
   if args.stop:
     return stop_runs(args.root, specs)
   devices_arg = args.devices
@@ -129,8 +180,20 @@ def main(argv=None) -> int:
       devices_arg = ":".join(full[idx.index(s.name)] for s in specs)
     else:
       devices_arg = "none"
-  devices = runs_lib.parse_devices(devices_arg, len(specs))
-  return launch(args.root, specs, devices, dry_run=args.dry_run, extra=tuple(extra))
+  try:
+    devices = runs_lib.parse_devices(devices_arg, len(specs))
+  except SystemExit as e:
+    if not isinstance(e.code, str):
+      raise
+    return _usage_error(e.code)
+  return launch(args.root, specs, devices, dry_run=args.dry_run, extra=tuple(extra),
+                run_flags=run_flags)
+
+
+def _usage_error(message: str) -> int:
+  """One line on stderr, exit status 2 (as argparse does), nothing started."""
+  print(f"launch_study.py: error: {message}", file=sys.stderr)
+  return 2
 
 
 if __name__ == "__main__":

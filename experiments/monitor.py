@@ -8,8 +8,17 @@ checkpoint and its age, the last validation perplexity, non-finite loss records 
 skipped-data / skipped-update counters. Then per GPU utilisation and memory when
 `nvidia-smi` exists (a CPU machine gets the load average instead).
 
-Runs are those of the study (`--scale`) plus any other workdir under ROOT.
-Exit status: 0 all well; 1 a run is dead, diverging or stalled (the table says why).
+Runs are those of the study (`--scale`) plus any other workdir under ROOT (or those
+named in `--runs`). A run is "not started" while its workdir does not exist, or holds
+no metrics or config.json and no launch of it is recorded (ROOT/pids); the notes under
+the table say which.
+
+Exit status (the first that applies):
+  1  a run needs attention: dead, diverging or stalled (the table says why)
+  3  no run needs attention, but some have not started (`--runs` limits the check to
+     the runs you launched)
+  0  every run is running or done ("all runs healthy")
+  2  bad command line (argparse)
 With --watch, the table redraws every N seconds until Ctrl-C; the exit status is
 that of the last table.
 """
@@ -29,6 +38,30 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.study_lib import runs as runs_lib  # pylint: disable=wrong-import-position
 from experiments.study_lib import status as status_lib  # pylint: disable=wrong-import-position
+
+
+EXIT_HEALTHY, EXIT_PROBLEM, EXIT_NOT_STARTED = 0, 1, 3
+
+
+def exit_status(statuses) -> int:
+  """1 when a run needs attention, else 3 when one has not started, else 0."""
+  if any(s.problem for s in statuses):
+    return EXIT_PROBLEM
+  if any(s.state == "not started" for s in statuses):
+    return EXIT_NOT_STARTED
+  return EXIT_HEALTHY
+
+
+def summary(statuses) -> str:
+  """The table's last line(s): what needs attention, what has not started, or all well."""
+  bad = [s.name for s in statuses if s.problem]
+  idle = [s.name for s in statuses if s.state == "not started"]
+  lines = []
+  if bad:
+    lines.append(f"{len(bad)} run(s) need attention: {', '.join(bad)}")
+  if idle:
+    lines.append(f"{len(idle)} of {len(statuses)} run(s) not started: {', '.join(idle)}")
+  return "\n".join(lines) or "all runs healthy"
 
 
 def run_names(root: str, scale: str, names: str = "") -> list[str]:
@@ -102,7 +135,8 @@ def format_table(statuses, gpus, root: str) -> str:
                  str(s.nonfinite), skipped or "-"])
   widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
             for i, h in enumerate(head)]
-  lines = [f"study {os.path.abspath(root)}  {time.strftime('%Y-%m-%d %H:%M:%S')}",
+  missing = "" if os.path.isdir(root) else " (no such directory)"
+  lines = [f"study {os.path.abspath(root)}{missing}  {time.strftime('%Y-%m-%d %H:%M:%S')}",
            "  ".join(h.ljust(w) for h, w in zip(head, widths)),
            "  ".join("-" * w for w in widths)]
   lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
@@ -124,9 +158,7 @@ def format_table(statuses, gpus, root: str) -> str:
       else:
         lines.append(f"{g['index']:<4} {g['name'][:25]:<25} {g['util']:>5}  "
                      f"{g['mem_used']} / {g['mem_total']}")
-  bad = [s for s in statuses if s.problem]
-  lines.append(f"{len(bad)} run(s) need attention: {', '.join(s.name for s in bad)}"
-               if bad else "all runs healthy")
+  lines.append(summary(statuses))
   return "\n".join(lines)
 
 
@@ -136,9 +168,10 @@ def snapshot(args) -> tuple[str, int, list]:
                                     window=args.window, divergence_nats=args.divergence_nats)
               for n in names]
   gpus = gpu_table()
-  code = 1 if any(s.problem for s in statuses) else 0
+  code = exit_status(statuses)
   if args.json:
-    doc = {"root": os.path.abspath(args.root), "time": time.time(), "gpus": gpus,
+    doc = {"root": os.path.abspath(args.root), "time": time.time(), "exit_status": code,
+           "summary": summary(statuses), "gpus": gpus,
            "runs": [{**s.__dict__, "percent": s.percent, "problem": s.problem}
                     for s in statuses]}
     return json.dumps(doc, indent=1, default=str), code, statuses

@@ -116,8 +116,78 @@ def test_dry_run_prints_pinned_detached_commands_and_starts_nothing(tmp_path, ca
   text = capsys.readouterr().out
   assert "CUDA_VISIBLE_DEVICES=4,5" in text and "--config.data.data_dir=/d" in text
   assert "slimpajama" not in text
-  with pytest.raises(SystemExit):
-    launch_study.main([f"--root={root}", "--dry_run", "--devices=0,1:2,3"])
+  assert launch_study.main([f"--root={root}", "--dry_run", "--devices=0,1:2,3"]) == 2
+  assert "2 device group(s) for 3 run(s)" in capsys.readouterr().err
+
+
+def _command_lines(text):
+  """{run: its command line} from a dry run's output."""
+  lines = text.splitlines()
+  return {l.split(":")[0]: lines[i + 1] for i, l in enumerate(lines) if ": would " in l}
+
+
+def test_run_flag_reaches_only_its_runs_and_wins_over_the_common_flags(tmp_path, capsys):
+  root = str(tmp_path / "study")
+  assert launch_study.main([
+      f"--root={root}", "--dry_run",
+      "--run_flag=wikipedia_llama:--config.data.data_dir=/data/tfds",
+      "--run_flag=slimpajama_llama,slimpajama_chinchilla:--config.data.data_dir=hf://c/S",
+      "--run_flag=wikipedia_llama:--config.data.source=wikipedia",
+      "--", "--config.data.tokenizer_path=/t.model", "--config.data.data_dir=/common"]) == 0
+  cmds = _command_lines(capsys.readouterr().out)
+  assert sorted(cmds) == sorted(s.name for s in runs_lib.STUDY)
+  wiki = cmds["wikipedia_llama"].split()
+  # The common flags first, then the run's own in the order given: the last one wins.
+  i = wiki.index("--config.data.tokenizer_path=/t.model")
+  assert wiki[i:i + 4] == ["--config.data.tokenizer_path=/t.model",
+                           "--config.data.data_dir=/common", "--config.data.data_dir=/data/tfds",
+                           "--config.data.source=wikipedia"]
+  for name in ("slimpajama_llama", "slimpajama_chinchilla"):
+    assert cmds[name].split()[i + 2] == "--config.data.data_dir=hf://c/S"
+    assert "/data/tfds" not in cmds[name] and "source=wikipedia" not in cmds[name]
+  # A run left out by --runs ignores its flags; the selected one keeps its own.
+  assert launch_study.main([f"--root={root}", "--dry_run", "--runs=slimpajama_llama",
+                            "--run_flag=wikipedia_llama:--config.data.data_dir=/data/tfds"]) == 0
+  assert "/data/tfds" not in capsys.readouterr().out
+  assert not os.path.exists(os.path.join(root, "pids"))
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--run_flag=wikipedia:--config.data.data_dir=/d"], "unknown run(s) wikipedia"),
+    (["--run_flag=wikipedia_llama,nope:--x=1"], "unknown run(s) nope"),
+    (["--run_flag=wikipedia_llama:data.data_dir=/d"], "expected RUN[,RUN...]:--FLAG"),
+    (["--run_flag=--config.data.data_dir=/d"], "expected RUN[,RUN...]:--FLAG"),
+    (["--runs=wikipedia"], "unknown run(s)"),
+    (["--scale=toy", "--run_flag=wikipedia_llama:--x=1"], "toy_single_long"),
+])
+def test_bad_run_names_and_flags_are_usage_errors(tmp_path, capsys, argv, says):
+  root = str(tmp_path / "study")
+  assert launch_study.main([f"--root={root}", "--dry_run", *argv]) == 2
+  captured = capsys.readouterr()
+  err = captured.err.strip()
+  assert captured.out == "" and len(err.splitlines()) == 1 and says in err, err
+  known = [s.name for s in runs_lib.SCALES["toy" if "--scale=toy" in argv else "full"]]
+  if "unknown" in says or says in known:
+    assert all(n in err for n in known)
+  assert not os.path.exists(root)
+
+
+def test_launch_starts_each_run_with_its_own_flags(tmp_path, fake_python):
+  root = str(tmp_path / "study")
+  out = []
+  try:
+    assert launch_study.launch(root, [SPEC], [None], python=fake_python, out=out.append,
+                               extra=("--config.a=1",),
+                               run_flags={SPEC.name: ("--config.a=2",),
+                                          "other": ("--config.a=3",)}) == 0
+    p = runs_lib.paths(root, SPEC.name)
+    pid = runs_lib.running_pid(p)
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+      cmdline = f.read().decode()
+    assert "--config.a=1 --config.a=2" in cmdline and "--config.a=3" not in cmdline
+    assert runs_lib.read_history(p)[-1]["command"][-2:] == ["--config.a=1", "--config.a=2"]
+  finally:
+    _kill(root, SPEC.name)
 
 
 def test_stop_sends_sigterm_to_the_process_group(tmp_path, fake_python):
@@ -217,7 +287,7 @@ def test_monitor_healthy_running_run_exits_zero(tmp_path, fake_python, capsys):
     _kill(root, SPEC.name)
 
 
-def test_monitor_done_and_not_started_are_not_problems(tmp_path):
+def test_monitor_done_and_not_started_are_not_problems(tmp_path, capsys):
   root = str(tmp_path)
   synthetic.write_run(os.path.join(root, "toy_mixture_long"), num_steps=100)
   statuses = {n: status_lib.run_status(root, n) for n in
@@ -225,7 +295,68 @@ def test_monitor_done_and_not_started_are_not_problems(tmp_path):
   assert statuses["toy_mixture_long"].state == "done"
   assert statuses["toy_mixture_short"].state == "not started"
   assert not any(s.problem for s in statuses.values())
+  # Not a problem, but not healthy either: its own exit status, and no "all healthy".
+  assert monitor.main(_args(root)) == monitor.EXIT_NOT_STARTED == 3
+  out = capsys.readouterr().out
+  assert "all runs healthy" not in out
+  assert "2 of 3 run(s) not started: toy_mixture_short, toy_single_long" in out
+  # Watching only the runs that were launched: all well.
+  assert monitor.main(_args(root, runs="toy_mixture_long")) == 0
+  assert "all runs healthy" in capsys.readouterr().out
+
+
+def test_monitor_before_any_launch_says_not_started_per_run(tmp_path, capsys):
+  root = str(tmp_path / "runs")  # the study root itself does not exist yet
+  assert monitor.main(_args(root)) == 3
+  out = capsys.readouterr().out
+  assert "(no such directory)" in out and "all runs healthy" not in out
+  for spec in runs_lib.TOY:
+    row = next(l for l in out.splitlines() if l.startswith(spec.name + " "))
+    assert "not started" in row
+    assert f"{spec.name}: not started: no workdir {os.path.join(root, spec.name)}" in out
+  assert "3 of 3 run(s) not started" in out
+  # An empty workdir (made by hand, or by a copy) is not a start either.
+  os.makedirs(os.path.join(root, "toy_single_long"))
+  st = status_lib.run_status(root, "toy_single_long")
+  assert st.state == "not started" and "holds no metrics" in st.reason and not st.problem
+  assert monitor.main(_args(root) + ["--json"]) == 3
+  doc = json.loads(capsys.readouterr().out)
+  assert doc["exit_status"] == 3 and "not started" in doc["summary"]
+  assert [r["state"] for r in doc["runs"]] == ["not started"] * 3
+
+
+def test_monitor_just_launched_run_is_running_not_not_started(tmp_path, fake_python, capsys):
+  root = str(tmp_path)
+  try:
+    launch_study.launch(root, [SPEC], [None], python=fake_python, out=lambda m: None)
+    st = status_lib.run_status(root, SPEC.name)
+    assert st.state == "running" and "no metrics yet" in st.reason and st.step is None
+    assert monitor.main(_args(root, runs=SPEC.name)) == 0
+    assert "all runs healthy" in capsys.readouterr().out
+  finally:
+    _kill(root, SPEC.name)
+
+
+def test_monitor_problem_outranks_not_started(tmp_path, capsys):
+  root = str(tmp_path)
+  # Metrics but no config.json and no pid file: it ran once, so it is dead, not new.
+  synthetic.write_run(os.path.join(root, "toy_mixture_long"), num_steps=200, upto=60,
+                      finished=False)
+  os.remove(os.path.join(root, "toy_mixture_long", "config.json"))
+  assert status_lib.run_status(root, "toy_mixture_long").state == "dead"
+  assert monitor.main(_args(root)) == 1
+  out = capsys.readouterr().out
+  assert "1 run(s) need attention: toy_mixture_long" in out
+  assert "2 of 3 run(s) not started: toy_mixture_short, toy_single_long" in out
+
+
+def test_monitor_all_done_is_healthy(tmp_path, capsys):
+  root = str(tmp_path)
+  for spec in runs_lib.TOY:
+    synthetic.write_run(os.path.join(root, spec.name), num_steps=100)
   assert monitor.main(_args(root)) == 0
+  out = capsys.readouterr().out
+  assert "all runs healthy" in out and "not started" not in out
 
 
 # ----------------------------------------------------------------------------

@@ -11,8 +11,11 @@ Health verdicts (`RunStatus.state`):
               the best recent mean seen so far (a spike that does not come back down)
   dead        no live process, the run not finished (crashed, killed, or stopped)
   done        final params saved at the last step
-  not started nothing on disk yet
-`problem` is True for dead, diverging and stalled: the monitor's exit status.
+  not started never launched: no workdir, or one without metrics or config.json, and
+              no pid file (`reason` says which)
+`problem` is True for dead, diverging and stalled (the monitor exits 1); a run not
+started is no problem but not healthy either (the monitor exits 3 when no run is a
+problem and one has not started).
 """
 
 from __future__ import annotations
@@ -184,12 +187,17 @@ def run_status(root: str, name: str, *, now: float | None = None, stall_seconds:
       st.state, st.reason = "stalled", f"no metrics for {_fmt_age(quiet)}"
     else:
       st.state = "running"
-  elif info is not None or os.path.exists(os.path.join(wd, "config.json")):
+      if not records:  # still compiling, or reading its first batches
+        st.reason = f"launched {_fmt_age(now - started)} ago, no metrics yet"
+  elif info is not None or records or os.path.exists(os.path.join(wd, "config.json")):
     st.state = "dead"
     st.reason = (f"exit status {st.exit_code}" if st.exit_code is not None
                  else "process gone (no exit status recorded)")
     if st.exit_code == 143:
       st.reason += " (stopped by SIGTERM after a checkpoint; relaunch to resume)"
+  else:
+    st.reason = (f"workdir {wd} holds no metrics or config.json yet" if os.path.isdir(wd)
+                 else f"no workdir {wd}")
   return st
 
 
