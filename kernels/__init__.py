@@ -7,9 +7,12 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "IMPLEMENTATIONS", "available_implementations",
            "selective_scan",
            "selective_state_update"]
 
-try:  # Pallas ships with jax; a build without it still has reference and xla.
+from kernels import scan as _scan
+
+# Pallas ships with jax, but its Triton backend is deprecated (JAX 0.11) and will be
+# removed: a build without it still has reference and xla, and `auto` falls back to xla.
+try:
   from kernels import pallas_scan as _pallas_scan
-  from kernels import scan as _scan
-  _scan._PALLAS_SCAN = _pallas_scan.pallas_selective_scan
-except ImportError:  # pragma: no cover
-  pass
+  _scan._KERNELS["pallas_triton"] = _pallas_scan.pallas_selective_scan
+except ImportError as e:  # pragma: no cover
+  _scan._KERNEL_IMPORT_ERRORS["pallas_triton"] = f"{type(e).__name__}: {e}"

@@ -1,5 +1,11 @@
 """The selective scan as fused Pallas kernels (Triton lowering; interpret mode on CPU).
 
+Which of the two runs is decided by the platform the computation is LOWERED for, not by
+the process's default backend: `lax.platform_dependent` stages both, and lowering for
+CUDA keeps only the Triton kernel (so `jax.export(..., platforms=["cuda"])` from a CPU
+host contains the real kernel), while lowering for any other platform keeps the
+interpreted one. Pass `interpret=True/False` to force one.
+
 Grid: one program per (batch row, block of `block_d` channels); programs share nothing,
 so they may run in any order or all at once. Inside a program the sequence is walked in
 chunks of `chunk_size` steps with the state, a (block_d, state) tile, in registers.
@@ -48,7 +54,7 @@ class _Static:
   has_z: bool
   has_bias: bool
   softplus: bool
-  interpret: bool
+  interpret: bool | None   # None: by lowering platform (cuda -> kernel, else interpret)
   num_warps: int
   reverse_programs: bool  # tests only: run the grid's programs in the opposite order
   acc_dtype: str          # float32, or float64 when an input is
@@ -235,12 +241,31 @@ def _backward_kernel(*refs, st, acc):
   pltriton.store(dbias_ref.at[b, cols], dbias_acc, mask=dmask)
 
 
+# Ops of an interpreted kernel carry this name scope: the CUDA lowering test checks that
+# none is left in a CUDA export (and that a CPU lowering has them).
+INTERPRET_SCOPE = "pallas_interpret"
+
+
+def by_platform(call):
+  """`call(interpret)` staged for every platform: the compiled kernel when lowered for
+  CUDA, interpret mode elsewhere (only the chosen branch is lowered)."""
+
+  def interpreted():
+    with jax.named_scope(INTERPRET_SCOPE):
+      return call(True)
+
+  return lax.platform_dependent(cuda=lambda: call(False), default=interpreted)
+
+
 def _call(kernel, st, out_shape, *args):
-  return pl.pallas_call(
-      functools.partial(kernel, st=st, acc=st.acc), grid=st.grid, out_shape=out_shape,
-      interpret=st.interpret,
-      compiler_params=pltriton.CompilerParams(num_warps=st.num_warps, num_stages=1),
-  )(*args)
+  def call(interpret):
+    return pl.pallas_call(
+        functools.partial(kernel, st=st, acc=st.acc), grid=st.grid, out_shape=out_shape,
+        interpret=interpret,
+        compiler_params=pltriton.CompilerParams(num_warps=st.num_warps, num_stages=1),
+    )(*args)
+
+  return call(st.interpret) if st.interpret is not None else by_platform(call)
 
 
 def _forward(st, u, delta, A, B, C, D, z, bias):
@@ -296,16 +321,15 @@ def pallas_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                           num_warps=None, interpret=None, reverse_programs=False):
   """(y in u's dtype, last state) for checked, channels-last inputs.
 
-  `interpret` defaults to True off GPU. `reverse_programs` exists for the test that
-  the result does not depend on the order grid programs run in.
+  `interpret=None` (default) decides by the lowering platform: the Triton kernel when
+  lowered for CUDA, interpret mode elsewhere; True/False force one. `reverse_programs`
+  exists for the test that the result does not depend on the order grid programs run in.
   """
   b, l, d = u.shape
   n = A.shape[1]
   block_d = block_d or min(DEFAULT_BLOCK_D, pl.next_power_of_2(d))
   if block_d & (block_d - 1):
     raise ValueError(f"pallas selective scan: block_d={block_d} must be a power of two.")
-  if interpret is None:
-    interpret = jax.default_backend() != "gpu"
   st = _Static(batch=b, length=l, channels=d, state=n, chunk=min(chunk_size, l),
                block_d=block_d, has_D=D is not None, has_z=z is not None,
                has_bias=delta_bias is not None, softplus=bool(delta_softplus),

@@ -13,25 +13,45 @@ Implementations:
              the oracle of the tests (run it on float64 inputs for a float64 oracle).
   xla        chunked recurrence with a custom VJP that keeps only chunk-boundary states
              and recomputes the states inside each chunk in the backward pass.
-  pallas     the fused GPU kernel (kernels/pallas_scan.py), when available.
-  auto       pallas on GPU when available, xla elsewhere.
+  pallas_triton  the fused Pallas kernels with the Triton lowering (kernels/pallas_scan.py).
+  pallas     today's name of the fused kernel: an alias of pallas_triton.
+  auto       the fused kernel where the computation is lowered for CUDA, xla elsewhere.
+
+The fused kernels and `auto` choose by the platform the computation is LOWERED for
+(`lax.platform_dependent`), never by `jax.default_backend()` at trace time: exporting for
+CUDA from a CPU host gives the GPU kernel; running on a CPU gives interpret mode (the
+fused kernels, for tests) or xla (`auto`). `auto` only picks a kernel that is checked
+against the float64 reference in interpret mode and lowered for CUDA in the CPU test
+suite (tests/test_cuda_lowering.py). When no such kernel imports in this JAX build, or
+(on a GPU host) none lowers, `auto` uses xla everywhere and warns once.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas")
+IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas", "pallas_triton")
 # On a 2-core CPU, 16 was fastest of 8/16/32/64/128 (experiments/bench_scan.py).
 DEFAULT_CHUNK_SIZE = 16
 
-# Set by kernels/__init__.py when Pallas imports: pallas_scan.pallas_selective_scan.
-_PALLAS_SCAN: Optional[Callable] = None
+# Names that mean another implementation.
+ALIASES = {"pallas": "pallas_triton"}
+# The fused kernels `auto` may pick on CUDA, in order of preference. Only kernels that
+# pass the float64-reference tests in interpret mode and lower for CUDA in
+# tests/test_cuda_lowering.py belong here.
+AUTO_KERNELS = ("pallas_triton",)
+
+# Set by kernels/__init__.py for each fused kernel whose module imports in this build:
+# name -> function(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size).
+_KERNELS: dict = {}
+# Why a kernel did not import (name -> message), for the warning of `auto`.
+_KERNEL_IMPORT_ERRORS: dict = {}
 
 
 # ----------------------------------------------------------------------------------
@@ -241,21 +261,77 @@ def _scan_with(ssm, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 
 
 def available_implementations() -> tuple:
-  """The concrete implementations this build can run."""
-  return ("reference", "xla") + (("pallas",) if _PALLAS_SCAN is not None else ())
+  """The concrete implementations this build can run (aliases left out)."""
+  return ("reference", "xla") + tuple(k for k in _KERNELS)
 
 
 def _resolve_impl(impl):
+  """A concrete implementation name, or "auto" (resolved per lowering platform)."""
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"selective_scan: unknown impl={impl!r}; choose one of "
                      f"{', '.join(IMPLEMENTATIONS)}.")
-  if impl == "auto":
-    return "pallas" if (_PALLAS_SCAN is not None and jax.default_backend() == "gpu") \
-        else "xla"
-  if impl == "pallas" and _PALLAS_SCAN is None:
-    raise ValueError("selective_scan: impl='pallas' is not available in this build; "
-                     "use impl='xla' or 'auto'.")
+  impl = ALIASES.get(impl, impl)
+  if impl in ("auto", "reference", "xla"):
+    return impl
+  if impl not in _KERNELS:
+    why = _KERNEL_IMPORT_ERRORS.get(impl, "not built")
+    raise ValueError(f"selective_scan: impl={impl!r} is not available in this build "
+                     f"({why}); use impl='xla' or 'auto'.")
   return impl
+
+
+def _kernel_lowers_for_cuda(impl) -> Optional[str]:
+  """None when `impl`'s forward and backward lower for CUDA on a tiny input, else why."""
+  kernel = _KERNELS[impl]
+
+  def loss(u, delta, A, B, C, D, z, bias):
+    y, h = kernel(u, delta, A, B, C, D, z, bias, True, DEFAULT_CHUNK_SIZE)
+    return jnp.sum(y.astype(jnp.float32)) + jnp.sum(h)
+
+  s = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  args = (s(1, 3, 2), s(1, 3, 2), s(2, 2), s(1, 3, 2), s(1, 3, 2), s(2), s(1, 3, 2), s(2))
+  try:
+    jax.jit(jax.grad(loss, argnums=tuple(range(8)))).trace(*args).lower(
+        lowering_platforms=("cuda",))
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+  return None
+
+
+@functools.lru_cache(maxsize=None)
+def auto_kernel() -> Optional[str]:
+  """The fused kernel `auto` uses when lowered for CUDA, or None (then xla everywhere).
+
+  The first of AUTO_KERNELS that imports; on a GPU host also the first whose tiny
+  forward+backward lowers for CUDA, so a JAX without a working lowering degrades to xla
+  with one warning instead of failing at step 0. On a CPU host the lowering is not
+  probed: an export for CUDA of a broken kernel fails loudly (the CI test relies on it).
+  """
+  reasons = []
+  for impl in AUTO_KERNELS:
+    if impl not in _KERNELS:
+      reasons.append(f"{impl}: {_KERNEL_IMPORT_ERRORS.get(impl, 'not built')}")
+      continue
+    if jax.default_backend() == "gpu":
+      why = _kernel_lowers_for_cuda(impl)
+      if why is not None:
+        reasons.append(f"{impl}: {why}")
+        continue
+    return impl
+  logging.getLogger(__name__).warning(
+      "selective_scan impl='auto': no fused kernel is usable with jax %s (%s); using "
+      "impl='xla' on every platform.", jax.__version__, "; ".join(reasons))
+  return None
+
+
+def _kernel_scan(impl, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
+  # The fused kernels fuse discretisation, the D skip and the gate themselves.
+  return _KERNELS[impl](u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
+
+
+def _xla_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
+  return _scan_with(functools.partial(_ssm_xla, chunk_size=chunk_size),
+                    u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
@@ -264,19 +340,28 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
   """The selective scan. Returns y (u's dtype), and the last state when asked.
 
   Arithmetic is float32 (float64 when an input is float64). `chunk_size` is the
-  recomputation chunk of the xla and pallas implementations.
+  recomputation chunk of the xla and fused implementations. `impl`: see the module
+  docstring; "auto" and the fused kernels choose by the platform they are lowered for.
   """
   _check_scan_args(u, delta, A, B, C, D, z, delta_bias)
   impl = _resolve_impl(impl)
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"selective_scan: chunk_size={chunk_size!r}, needs a positive int.")
-  if impl == "pallas":  # fuses discretisation, D skip and gate itself
-    y, h_last = _PALLAS_SCAN(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                             chunk_size)
+  args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
+  if impl == "auto":
+    kernel = auto_kernel()
+    if kernel is None:
+      y, h_last = _xla_scan(*args)
+    else:  # both branches are traced; lowering keeps the one of its platform
+      y, h_last = lax.platform_dependent(cuda=lambda: _kernel_scan(kernel, *args),
+                                         default=lambda: _xla_scan(*args))
+  elif impl == "reference":
+    y, h_last = _scan_with(_ssm_reference, u, delta, A, B, C, D, z, delta_bias,
+                           delta_softplus)
+  elif impl == "xla":
+    y, h_last = _xla_scan(*args)
   else:
-    ssm = (_ssm_reference if impl == "reference"
-           else functools.partial(_ssm_xla, chunk_size=chunk_size))
-    y, h_last = _scan_with(ssm, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    y, h_last = _kernel_scan(impl, *args)
   return (y, h_last) if return_last_state else y
 
 
