@@ -32,6 +32,10 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # with the study tokenizer also pass --config.model.vocab_size=<its size>).
   m.vocab_size = 4096           # data.vocab_size follows (a reference in default.py)
   config.data.tokenizer_sample_bytes = 2_000_000
+  # No data.data_dir: SlimPajama / Wikipedia read a small sample in their real on-disk
+  # format, written once from the embedded corpus into ~/.cache/mambaswelu_jax/smoke
+  # ($MAMBASWELU_JAX_SMOKE_DATA overrides); --config.data.data_dir=... reads real data.
+  config.data.smoke_sample = True
   config.data.seq_len = 128
   if m.get("max_len", 0) and m.max_len < 128:
     m.max_len = 128

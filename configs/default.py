@@ -61,6 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.validation_fraction = 0.02  # embedded / wikipedia: held out by a hash of the id
   config.data.test_fraction = 0.02
   config.data.text_types = ""          # "" all; "docstring" / "a,b": keep only these types (every split)
+  config.data.smoke_sample = False     # slimpajama/wikipedia, data_dir "": read a small sample in the
+                                       # real format written from the embedded corpus (set by :smoke)
   # Tokenizer: one per study; a run copies it into workdir/tokenizer.model.
   config.data.tokenizer_path = ""      # "" -> train one on the source's train split
   config.data.vocab_size = config.model.get_ref("vocab_size")  # size when training one

@@ -15,6 +15,10 @@ Public names:
                          keeps only documents of those types, in every split:
                          one corpus gives "a mixture of types" (empty, the
                          default) and "a single type" datasets.
+                         With `data_cfg.smoke_sample` (set by `:smoke` configs)
+                         and no `data_dir`, slimpajama and wikipedia read a
+                         small sample in their real format, written once from
+                         the embedded corpus (data/smoke_sample.py).
   TypeFilteredSource(source, types)  that restriction around any source.
   InMemorySource(docs_by_split, text_types)   documents held in a dict.
   Source                 `.name`, `.text_types` (stable order),
@@ -594,6 +598,18 @@ class TypeFilteredSource(Source):
     return self.inner.estimated_bytes(split)  # an upper estimate
 
 
+def _data_dir(data_cfg, name: str) -> str:
+  """`data_cfg.data_dir`; when empty and `data_cfg.smoke_sample` is set (`:smoke`
+  configs), a small sample in the source's real format written from the embedded
+  corpus (mambaswelu_jax/data/smoke_sample.py)."""
+  data_dir = _cfg(data_cfg, "data_dir", "") or ""
+  if (not data_dir and _cfg(data_cfg, "smoke_sample", False)
+      and not (name == "wikipedia" and _cfg(data_cfg, "try_gcs", False))):
+    from mambaswelu_jax.data import smoke_sample  # pylint: disable=g-import-not-at-top
+    data_dir = smoke_sample.ensure_sample(name, data_cfg)
+  return data_dir
+
+
 def make_source(data_cfg) -> Source:
   """Builds `data_cfg.source` and checks it (raises DataError when missing)."""
   name = _cfg(data_cfg, "source", "embedded")
@@ -606,12 +622,12 @@ def make_source(data_cfg) -> Source:
         test_fraction=0.02 if test is None else test)
   elif name == "slimpajama":
     source = SlimPajamaSource(
-        _cfg(data_cfg, "data_dir", ""),
+        _data_dir(data_cfg, name),
         need_train=not _cfg(data_cfg, "pretokenized_dir", ""))
   elif name == "wikipedia":
     source = WikipediaSource(
         config=_cfg(data_cfg, "wikipedia_config", "20230601.en"),
-        data_dir=_cfg(data_cfg, "data_dir", ""),
+        data_dir=_data_dir(data_cfg, name),
         try_gcs=_cfg(data_cfg, "try_gcs", False),
         validation_fraction=0.005 if val is None else val,
         test_fraction=0.005 if test is None else test)
