@@ -30,8 +30,10 @@ setup(
         "test": ["pytest", "hypothesis", "matplotlib", "scipy"],
         # experiments/: the study's report figures (compare.py, run_study.py).
         "study": ["matplotlib", "scipy"],
-        # Zero-shot benchmarks (mambaswelu_jax/lm_eval_adapter.py). lm-eval needs torch:
-        # install a CPU build of torch first, or pip fetches a multi-GB CUDA build.
-        "eval": ["lm-eval"],
+        # Zero-shot benchmarks (mambaswelu_jax/lm_eval_adapter.py); CI installs it to run
+        # the adapter's tests. lm-eval needs torch: install a CPU build of torch first
+        # (pip install torch==2.13.0 where that is the CPU wheel, as in .ci/run), or pip
+        # fetches a multi-GB CUDA build. The adapter is tested with lm-eval 0.4.13.
+        "eval": ["lm-eval>=0.4.13,<0.5"],
     },
 )

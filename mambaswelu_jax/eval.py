@@ -99,14 +99,17 @@ class Run:
     return int(self.config.train.global_batch_size) * int(self.config.data.seq_len)
 
   @property
-  def max_length(self) -> int:
-    """Longest sequence scored in one piece: the training length (capped at model.max_len
-    by learned positions or a Transformer's KV cache)."""
-    n = int(self.config.data.seq_len)
+  def max_length(self) -> int | None:
+    """The most tokens the model reads at once, or None when it has no limit.
+
+    The Transformer has model.max_len positions (its position table or rotary range and
+    its KV cache), and so does a Mamba model with learned positions. The selective SSM
+    without them has no limit: its recurrent state carries any length, so it is scored
+    on whole sequences, however long, and never at the training length."""
     m = self.config.model
     if m.get("learned_positions", False) or m.get("architecture", "mamba") != "mamba":
-      n = min(n, int(m.max_len))   # a position table or a KV cache of max_len positions
-    return n
+      return int(m.max_len)
+    return None
 
 
 def _steps_of(directory: str) -> list[int]:
@@ -315,15 +318,40 @@ def _bucket(n: int, minimum: int = 16) -> int:
   return max(minimum, 1 << max(0, int(n) - 1).bit_length())
 
 
+def scoring_limit(run: Run, max_length: int = 0) -> int | None:
+  """Most input tokens a scored sequence may have: the smaller of a user's cap
+  `max_length` (0: none) and the model's own limit (`Run.max_length`); None: no limit."""
+  limits = [n for n in (int(max_length or 0), run.max_length) if n]
+  return min(limits) if limits else None
+
+
+def fit_request(context: Sequence[int], continuation: Sequence[int],
+                limit: int | None) -> tuple[list[int], int, int]:
+  """(ids scored, continuation tokens scored, tokens cut) of one request.
+
+  Within the limit (or with none) the ids are context + continuation, whole. Past it the
+  leftmost tokens are cut, as lm-eval does: the sequence keeps its last `limit + 1` ids
+  (the model reads `limit` of them), i.e. the continuation and the context nearest to
+  it; a continuation longer than `limit` loses its own first tokens too."""
+  seq = list(context) + list(continuation)
+  cut = max(0, len(seq) - (limit + 1)) if limit else 0
+  seq = seq[cut:]
+  return seq, min(len(continuation), len(seq) - 1), cut
+
+
 def continuation_logprobs(params, inputs, targets, rest, *, graphdef):
-  """(log p(target), target == argmax) per position, float32 / bool (b, L)."""
+  """(log p(target), target == argmax) per position, float32 / bool (b, L).
+
+  log p = logit - logsumexp(logits): no second (b, L, vocab) array beside the logits."""
   logits = nnx.merge(graphdef, params, rest)(inputs).astype(jnp.float32)
-  logp = jax.nn.log_softmax(logits, -1)
-  picked = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  picked = (jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+            - jax.nn.logsumexp(logits, -1))
   return picked, jnp.argmax(logits, -1) == targets
 
 
 def make_scorer(run: Run):
+  """jit(shard_map(continuation_logprobs)): rows split over the run's devices; it compiles
+  once per (rows, length) shape and is shared by runs of one model config."""
   def build():
     fn = functools.partial(continuation_logprobs, graphdef=run.graphdef)
     return jax.jit(jax.shard_map(fn, mesh=run.mesh,
@@ -339,44 +367,60 @@ def score_sequences(run: Run, requests: Sequence[tuple[Sequence[int], Sequence[i
 
   requests: (context ids, continuation ids); the context must be non-empty (start it
   with EOS, the document separator the run trained with, when there is no text).
-  Sequences longer than `max_length` (default: the run's training length) + 1 keep
-  their last `max_length + 1` tokens. Requests run longest first in batches of
-  `batch_size` rows, right-padded to a power-of-two length (causal, so padding on
-  the right changes nothing before it).
+
+  Every request is scored whole, in one forward pass, unless it is longer than
+  `scoring_limit(run, max_length)`: the model's own limit (model.max_len for the
+  Transformer or learned positions; none for the selective SSM) or a smaller cap the
+  caller sets with `max_length` (0: no cap). Past the limit `fit_request` cuts its
+  leftmost tokens; use it to count what was cut.
+
+  Requests run longest first, right-padded to a power-of-two length (causal, so padding
+  on the right changes nothing before it; at most the limit). A batch holds `batch_size`
+  rows (rounded up to a multiple of the device count) up to the training length's bucket
+  and fewer, longer rows past it: at most batch_size x bucket(seq_len) tokens per batch,
+  and at least one row per device, so memory stays what training-length batches take
+  until a single request is longer than that.
   """
-  max_length = max_length or run.max_length
+  limit = scoring_limit(run, max_length)
   n_dev = len(run.mesh.devices.reshape(-1))
   batch_size = -(-max(1, batch_size) // n_dev) * n_dev
+  budget = batch_size * _bucket(int(run.config.data.seq_len))
   scorer = scorer or make_scorer(run)
   rows = []
   for i, (ctx, cont) in enumerate(requests):
     if not cont:
-      rows.append((i, [], 0))
       continue
     if not ctx:
       raise ValueError("score_sequences: empty context (prefix the EOS id)")
-    seq = (list(ctx) + list(cont))[-(max_length + 1):]
-    rows.append((i, seq, min(len(cont), len(seq) - 1)))
+    seq, n, _ = fit_request(ctx, cont, limit)
+    rows.append((i, seq, n))
   results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
-  order = sorted((r for r in rows if r[1]), key=lambda r: -len(r[1]))
-  replicated_rows = NamedSharding(run.mesh, P(DATA_AXIS))
-  for start in range(0, len(order), batch_size):
-    chunk = order[start:start + batch_size]
-    length = min(_bucket(len(chunk[0][1]) - 1), _bucket(max_length))
-    inputs = np.zeros((batch_size, length), np.int32)
-    targets = np.zeros((batch_size, length), np.int32)
+  order = sorted(rows, key=lambda r: -len(r[1]))
+  row_sharding = NamedSharding(run.mesh, P(DATA_AXIS))
+  start = 0
+  while start < len(order):
+    length = _bucket(len(order[start][1]) - 1)
+    if limit:
+      length = min(length, limit)
+    n_rows = max(n_dev, min(batch_size, budget // length) // n_dev * n_dev)
+    chunk = order[start:start + n_rows]
+    start += len(chunk)
+    inputs = np.zeros((n_rows, length), np.int32)
+    targets = np.zeros((n_rows, length), np.int32)
     for j, (_, seq, _) in enumerate(chunk):
       inputs[j, :len(seq) - 1] = seq[:-1]
       targets[j, :len(seq) - 1] = seq[1:]
     logp, greedy = jax.device_get(scorer(
-        run.params, jax.device_put(inputs, replicated_rows),
-        jax.device_put(targets, replicated_rows), run.rest))
+        run.params, jax.device_put(inputs, row_sharding),
+        jax.device_put(targets, row_sharding), run.rest))
     for j, (i, seq, n) in enumerate(chunk):
       end = len(seq) - 1
       results[i] = (float(np.sum(logp[j, end - n:end], dtype=np.float64)),
                     bool(np.all(greedy[j, end - n:end])))
     if progress is not None:
       progress(len(chunk))
+  if progress is not None and len(order) < len(requests):
+    progress(len(requests) - len(order))   # empty continuations: nothing to score
   return results
 
 
@@ -421,11 +465,48 @@ def _json_default(value):
   return str(value)
 
 
+# Entries of a benchmark's results that are not metrics: lm-eval's bookkeeping (results
+# written before it was dropped may hold sample_len) and ours (documents, truncation).
+BENCHMARK_INFO_KEYS = ("alias", "sample_len", "samples", "documents", "truncation")
+
+
+def format_metrics(metrics: dict) -> str:
+  """`acc 0.6250 ± 0.0500, acc_norm 0.6000 ± 0.0510 (40 documents)` from one task's
+  results: the metrics lm-eval computed, each with its standard error where it has one."""
+  parts = []
+  for key, value in sorted(metrics.items()):
+    name, _, filt = key.partition(",")
+    if (key in BENCHMARK_INFO_KEYS or name.endswith("_stderr") or isinstance(value, bool)
+        or not isinstance(value, (int, float))):
+      continue
+    err = metrics.get(f"{name}_stderr" + (f",{filt}" if filt else ""))
+    parts.append(f"{key} {value:.4f}" + (f" ± {err:.4f}" if isinstance(err, (int, float))
+                                         and not isinstance(err, bool) else ""))
+  docs = metrics.get("documents")
+  return ", ".join(parts) + (f" ({docs:,} documents)" if isinstance(docs, int) else "")
+
+
+def truncation_warning(what: str, truncation: dict | None) -> str | None:
+  """One line saying how many requests were cut and by how much; None when none was."""
+  t = truncation or {}
+  if not t.get("truncated"):
+    return None
+  line = (f"warning: {what}: {t['truncated']:,} of {t.get('requests', 0):,} requests "
+          f"truncated at {t.get('max_length')} tokens ({t.get('limited_by')}): "
+          f"{t.get('tokens_cut', 0):,} tokens cut")
+  if t.get("continuation_tokens_cut"):
+    line += f", {t['continuation_tokens_cut']:,} of them continuation tokens (not scored)"
+  if t.get("rolling_windows"):
+    line += f"; rolling texts scored in {t['rolling_windows']:,} windows"
+  return line
+
+
 def format_table(results: Sequence[dict]) -> str:
-  """One line per (step, split, text type)."""
+  """One line per (step, split, text type) and per benchmark task, then a warning line
+  per task whose requests were truncated."""
   head = (f"{'step':>8} {'tokens seen':>13} {'split':<11} {'type':<12} {'loss':>7} "
           f"{'ppl':>9} {'bits/byte':>9} {'tokens':>11} {'bytes':>12}")
-  lines = [head, "-" * len(head)]
+  lines, warnings = [head, "-" * len(head)], []
   for r in results:
     for split, s in r.get("splits", {}).items():
       for typ, f in [("all", s)] + sorted(s.get("by_type", {}).items()):
@@ -433,11 +514,19 @@ def format_table(results: Sequence[dict]) -> str:
                      f"{f['loss']:>7.4f} {f['perplexity']:>9.2f} {f['bits_per_byte']:>9.4f} "
                      f"{f['tokens']:>11,} {f['bytes']:>12,}")
     for task, metrics in r.get("benchmarks", {}).items():
-      shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())
-                        if isinstance(v, (int, float)))
       lines.append(f"{r['step']:>8} {r.get('tokens_seen', 0):>13,} {'benchmark':<11} "
-                   f"{task:<12} {shown}")
-  return "\n".join(lines)
+                   f"{task:<12} {format_metrics(metrics)}")
+      warning = truncation_warning(f"step {r['step']} {task}", metrics.get("truncation"))
+      if warning:
+        warnings.append(warning)
+  return "\n".join(lines + warnings)
+
+
+def format_report(results: Sequence[dict], output_dir: str = "") -> str:
+  """What the command prints: the table, then the file each step's results are in."""
+  out = os.path.abspath(output_dir) if output_dir else ""
+  return "\n".join([format_table(results)] + [
+      f"results: {results_path(r['workdir'], r['step'], out)}" for r in results])
 
 
 def evaluate_run(workdir: str, step: str | int = "latest", *, splits=("validation", "test"),
@@ -485,8 +574,11 @@ def evaluate_run(workdir: str, step: str | int = "latest", *, splits=("validatio
           run, list(benchmarks), limit=benchmark_limit or None, batch_size=benchmark_batch_size,
           include_path=benchmark_tasks_dir or None)
       for task, metrics in result["benchmarks"].items():
-        log(f"step {run.step} {task}: " + ", ".join(
-            f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+        log(f"step {run.step} {task}: {format_metrics(metrics)}")
+      for task, metrics in result["benchmarks"].items():
+        warning = truncation_warning(f"step {run.step} {task}", metrics.get("truncation"))
+        if warning:
+          log(warning)
     merged = write_results(results_path(workdir, run.step, output_dir), result)
     out.append(merged)
   return out
@@ -534,9 +626,7 @@ def main(argv):
   except (EvalError, DataError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(format_table(results))
-  print(f"results: {os.path.dirname(results_path(os.path.abspath(f.workdir), 0, f.output_dir))}"
-        f"/<step>.json")
+  print(format_report(results, f.output_dir))
 
 
 if __name__ == "__main__":

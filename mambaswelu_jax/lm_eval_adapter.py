@@ -12,10 +12,17 @@ Python: `import mambaswelu_jax.lm_eval_adapter` and then `lm_eval.simple_evaluat
 model="mambaswelu", model_args="workdir=DIR", ...)`, or `run_benchmarks(run, tasks)`
 (what `python -m mambaswelu_jax.eval --benchmarks=...` calls).
 
-model_args: workdir (required), step (latest | final | N), max_length (tokens of
-context scored at once; default the run's training length), max_gen_toks (default
+model_args: workdir (required), step (latest | final | N), max_length (a cap on the
+tokens read at once; default none beyond the model's own limit), max_gen_toks (default
 256). Rows per scoring batch come from lm-eval's own `--batch_size` (its default is
 1: pass e.g. `--batch_size 32`; "auto" means 16 here).
+
+Requests are scored whole. The selective SSM has no length limit (its recurrent state
+carries any past), so its contexts and continuations are never cut, whatever the
+training length was. The Transformer has model.max_len positions: a longer request
+keeps its continuation and the context nearest to it (lm-eval's leftmost cut). Every
+cut, there or under a max_length cap, is counted (`truncation`, per task), reported in a
+warning line when scoring ends, and stored with the task's results by `run_benchmarks`.
 
 The model sees text as in training: EOS (the document separator) stands in front of
 every request, as `prefix_token_id`. It implements
@@ -23,8 +30,8 @@ every request, as `prefix_token_id`. It implements
   loglikelihood          Σ log p(continuation | context) and greedy-or-not, from one
                          forward pass per batch (requests sorted longest first,
                          right-padded to power-of-two lengths);
-  loglikelihood_rolling  the whole text in windows of max_length tokens, every token
-                         predicted once (lm-eval's rolling windows);
+  loglikelihood_rolling  the whole text in one piece, or, past a limit, in lm-eval's
+                         rolling windows of the limit (every token predicted once);
   generate_until         greedy (or sampled, with do_sample / temperature) recurrent
                          decoding, cut at the first `until` string.
 
@@ -35,6 +42,7 @@ only when used, and registers the model only if it is importable.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -89,8 +97,14 @@ def _make_class():
         self.batch_size = max(1, int(batch_size))
       except (TypeError, ValueError):   # lm-eval's "auto": a fixed size here
         self.batch_size = 16
-      self._max_length = int(max_length) or run.max_length
+      self._cap = int(max_length or 0)  # the user's cap; 0: only the model's own limit
+      self._limit = eval_lib.scoring_limit(run, self._cap)
+      self.limited_by = (None if self._limit is None else "model.max_len"
+                          if self._limit == run.max_length else "max_length model_arg")
       self.max_gen_toks = int(max_gen_toks)
+      # {task: counts} of what was cut (see _tally); run_benchmarks stores it per task.
+      self.truncation: dict[str, dict] = {}
+      self._task_names: list | None = None
       self._scorer = eval_lib.make_scorer(run)
       self._generator = generate_lib.Generator(run)
 
@@ -105,8 +119,9 @@ def _make_class():
       return self.tokenizer.eos_id
 
     @property
-    def max_length(self) -> int:
-      return self._max_length
+    def max_length(self) -> int | None:
+      """The most tokens read at once; None: no limit (the selective SSM, uncapped)."""
+      return self._limit
 
     @property
     def tokenizer_name(self) -> str:
@@ -129,33 +144,87 @@ def _make_class():
       context_enc, continuation_enc = super()._encode_pair(context, continuation)
       return [self.prefix_token_id] + context_enc, continuation_enc
 
+    # --- What was cut: counted per task, warned about per call.
+
+    def _tally(self, kind: str, tasks, cuts) -> None:
+      """Counts one scoring call: cuts[i] = (tokens cut, continuation tokens cut, windows)
+      of request i (windows: rolling pieces past the first). A warning line ends a call
+      that cut anything."""
+      call = _zero_truncation(self._limit, self.limited_by)
+      for task, (cut, cont_cut, windows) in zip(tasks, cuts):
+        for t in (self.truncation.setdefault(
+            task or "", _zero_truncation(self._limit, self.limited_by)), call):
+          t["requests"] += 1
+          t["truncated"] += int(cut > 0 or windows > 0)
+          t["tokens_cut"] += cut
+          t["continuation_tokens_cut"] += cont_cut
+          t["rolling_windows"] += windows + 1 if windows else 0
+      warning = eval_lib.truncation_warning(f"{MODEL_NAME} {kind}", call)
+      if warning:
+        log.warning(warning)
+
+    # --- Scoring.
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+      """lm-eval's own tokenization (TemplateLM), with the requests' task names kept for
+      the truncation counts."""
+      self._task_names = [getattr(r, "task_name", None) for r in requests]
+      try:
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+      finally:
+        self._task_names = None
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False,
                               **kwargs) -> list[tuple[float, bool]]:
       del kwargs
       pairs = [(ctx, cont) for _, ctx, cont in requests]
       out = eval_lib.score_sequences(self.run, pairs, batch_size=self.batch_size,
-                                     max_length=self.max_length, scorer=self._scorer,
+                                     max_length=self._cap, scorer=self._scorer,
                                      progress=_progress(len(pairs), "loglikelihood",
                                                         disable_tqdm))
+      tasks = self._task_names
+      if tasks is None or len(tasks) != len(pairs):
+        tasks = [None] * len(pairs)
+      cuts = []
+      for ctx, cont in pairs:
+        _, scored, cut = eval_lib.fit_request(ctx, cont, self._limit)
+        cuts.append((cut, len(cont) - scored if cont else 0, 0))
+      self._tally("loglikelihood", tasks, cuts)
       for (key, _, _), result in zip(requests, out):
         if key is not None:
           self.cache_hook.add_partial("loglikelihood", key, result)
       return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+      """Σ log p of every token of each text after EOS: the whole text in one piece when
+      it fits (always, for the selective SSM uncapped); past the limit, lm-eval's
+      disjoint rolling windows of `limit` tokens (every token predicted once, each
+      window's tokens seeing only the window)."""
       from lm_eval import utils  # pylint: disable=import-outside-toplevel
-      windows, owners = [], []
+      pieces, owners, cuts = [], [], []
       for i, req in enumerate(requests):
         (text,) = req.args
-        for w in utils.get_rolling_token_windows(
-            token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-            max_seq_len=self.max_length, context_len=1):
-          windows.append(utils.make_disjoint_window(w))
-          owners.append(i)
+        ids = self.tok_encode(text)
+        if self._limit is None or len(ids) <= self._limit:
+          windows = [([self.prefix_token_id], ids)]
+        else:
+          windows = [utils.make_disjoint_window(w) for w in utils.get_rolling_token_windows(
+              token_list=ids, prefix_token=self.prefix_token_id, max_seq_len=self._limit,
+              context_len=1)]
+        # A window's unseen past: the tokens of [EOS] + ids before its first one.
+        end, unseen = 1, 0
+        for ctx, cont in windows:
+          end += len(cont)
+          unseen += end - len(ctx) - len(cont)
+        pieces += windows
+        owners += [i] * len(windows)
+        cuts.append((unseen, 0, len(windows) - 1))
       scores = eval_lib.score_sequences(
-          self.run, windows, batch_size=self.batch_size, max_length=self.max_length,
+          self.run, pieces, batch_size=self.batch_size, max_length=self._cap,
           scorer=self._scorer,
-          progress=_progress(len(windows), "loglikelihood_rolling", disable_tqdm))
+          progress=_progress(len(pieces), "loglikelihood_rolling", disable_tqdm))
+      self._tally("loglikelihood_rolling", [getattr(r, "task_name", None) for r in requests],
+                  cuts)
       totals = [0.0] * len(requests)
       for i, (logp, _) in zip(owners, scores):
         totals[i] += logp
@@ -168,6 +237,7 @@ def _make_class():
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
       results: list[str | None] = [None] * len(requests)
       groups: dict = {}
+      cuts = []
       for i, req in enumerate(requests):
         context, gen_kwargs = req.args
         gk = dict(gen_kwargs or {})
@@ -182,7 +252,11 @@ def _make_class():
         top_k = int(gk.pop("top_k", 0) or 0) if do_sample else 0
         top_p = float(gk.pop("top_p", 1.0) or 1.0) if do_sample else 1.0
         ids = [self.prefix_token_id] + self.tok_encode(context)
-        ids = ids[-max(1, self.max_length - max_new):]  # leave room, as lm-eval's HF model does
+        cut = 0
+        if self._limit is not None:  # leave room for the new tokens, as lm-eval's HF model does
+          cut = max(0, len(ids) - max(1, self._limit - max_new))
+          ids = ids[cut:]
+        cuts.append((cut, 0, 0))
         key = (max_new, temperature, top_k, top_p)
         groups.setdefault(key, []).append((i, ids, until))
       for (max_new, temperature, top_k, top_p), items in groups.items():
@@ -199,9 +273,19 @@ def _make_class():
                 text = text[:text.index(stop)]
             results[i] = text
             self.cache_hook.add_partial("generate_until", requests[i].args, text)
+      self._tally("generate_until", [getattr(r, "task_name", None) for r in requests], cuts)
       return results  # type: ignore[return-value]
 
   return MambaSweluLM
+
+
+def _zero_truncation(limit: int | None, limited_by: str | None) -> dict:
+  """The counts `truncation` keeps per task: requests scored; how many were cut; tokens
+  cut (a request's past its scored tokens did not see, summed over its pieces); of them
+  continuation tokens (loglikelihood: not scored); rolling windows of the texts that
+  needed more than one."""
+  return {"max_length": limit, "limited_by": limited_by, "requests": 0, "truncated": 0,
+          "tokens_cut": 0, "continuation_tokens_cut": 0, "rolling_windows": 0}
 
 
 def _progress(total: int, desc: str, disable: bool):
@@ -231,31 +315,63 @@ def model_class():
 
 
 def run_benchmarks(run, tasks: list[str], *, limit: int | None = None, batch_size: int = 16,
-                   include_path: str | None = None, num_fewshot: int | None = None) -> dict:
-  """{task: {metric: value}} from lm-eval's simple_evaluate on a restored run.
+                   include_path: str | None = None, num_fewshot: int | None = None,
+                   max_length: int = 0, bootstrap_iters: int = 1000) -> dict:
+  """{task: results} from lm-eval's simple_evaluate on a restored run.
+
+  A task's results: its metrics as lm-eval names them (`acc`, `acc_norm`, `perplexity`,
+  ...; `metric,filter` past the default filter), each metric's standard error beside it
+  (`acc_stderr`; closed form for means, `bootstrap_iters` serial resamples for the
+  others; 0: none), `documents` (how many were evaluated) and `truncation` (what was cut
+  from its requests: `_zero_truncation`). A warning line is logged for each task with
+  truncated requests.
 
   include_path: a folder of extra task YAMLs (lm-eval's TaskManager include_path).
+  max_length: a cap on the tokens read at once (the model arg of the same name).
   """
   lm_eval, _, _ = _lm_eval()
   from lm_eval.tasks import TaskManager  # pylint: disable=import-outside-toplevel
-  lm = model_class()(run=run, batch_size=batch_size)
+  lm = model_class()(run=run, batch_size=batch_size, max_length=max_length)
   manager = None
   if include_path:  # indexing lm-eval's own ~thousands of task files takes seconds: skip it
     local = TaskManager(include_path=include_path, include_defaults=False)
     if set(tasks) <= set(local.all_tasks):
       manager = local
   manager = manager or TaskManager(include_path=include_path)
-  out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit,
-                                num_fewshot=num_fewshot, task_manager=manager,
-                                log_samples=False, bootstrap_iters=0)
+  # lm-eval bootstraps in a multiprocessing pool unless told not to; forking a process
+  # that runs JAX can hang, so the resamples run here, serially (seeded: reproducible).
+  old = os.environ.get("DISABLE_MULTIPROC")
+  os.environ["DISABLE_MULTIPROC"] = "1"
+  try:
+    out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit,
+                                  num_fewshot=num_fewshot, task_manager=manager,
+                                  log_samples=False, bootstrap_iters=bootstrap_iters)
+  finally:
+    if old is None:
+      os.environ.pop("DISABLE_MULTIPROC", None)
+    else:
+      os.environ["DISABLE_MULTIPROC"] = old
+  out = out or {}
+  groups = set(out.get("group_subtasks", {})) - set(lm.truncation)
   results = {}
-  for task, metrics in (out or {}).get("results", {}).items():
+  for task, metrics in out.get("results", {}).items():
     clean = {}
     for name, value in metrics.items():
-      if name == "alias" or not isinstance(value, (int, float)):
+      metric, comma, filt = name.partition(",")
+      # lm-eval names every metric `metric,filter`; other keys (alias, sample_len) are
+      # its bookkeeping. A stderr it could not compute is the string "N/A".
+      if not comma or isinstance(value, bool) or not isinstance(value, (int, float)):
         continue
-      metric, _, filt = name.partition(",")
-      clean[metric if filt in ("", "none") else f"{metric},{filt}"] = float(value)
+      clean[metric if filt in ("", "none") else name] = float(value)
+    n = out.get("n-samples", {}).get(task, {}).get("effective")
+    if isinstance(n, int):
+      clean["documents"] = n
+    if task not in groups:
+      clean["truncation"] = dict(lm.truncation.get(
+          task, _zero_truncation(lm.max_length, lm.limited_by)))
+      warning = eval_lib.truncation_warning(task, clean["truncation"])
+      if warning:
+        log.warning(warning)
     results[task] = clean
   return results
 

@@ -173,3 +173,31 @@ def test_eval_on_another_device_count(trained_workdir, tmp_path):
   bad = subprocess.run(cmd[:4] + ["--step=7"], env=env, capture_output=True, text=True,
                        timeout=300, check=False)
   assert bad.returncode == 2 and "step 7 is not saved" in bad.stderr
+
+
+def test_benchmark_table_shows_metrics_and_truncation(tmp_path):
+  """A benchmark's line shows its metrics with their standard errors, not lm-eval's
+  bookkeeping (sample_len, kept in results written before it was dropped); truncated
+  requests get a warning line; the command names the file each step's results are in."""
+  trunc = {"max_length": 1024, "limited_by": "model.max_len", "requests": 40,
+           "truncated": 3, "tokens_cut": 2500, "continuation_tokens_cut": 0,
+           "rolling_windows": 0}
+  result = {"workdir": str(tmp_path / "run"), "step": 8, "tokens_seen": 2048, "splits": {},
+            "benchmarks": {
+                "lambada_openai": {"acc": 0.25, "acc_stderr": 0.0625, "perplexity": 310.5,
+                                   "perplexity_stderr": 40.25, "documents": 40,
+                                   "truncation": trunc},
+                "piqa": {"acc": 0.5, "acc_norm": 0.625, "sample_len": 8,
+                         "truncation": dict(trunc, truncated=0, tokens_cut=0)}}}
+  report = eval_lib.format_report([result], str(tmp_path / "out"))
+  lines = report.splitlines()
+  assert "sample_len" not in report and "truncation" not in report
+  assert any(line.endswith("lambada_openai acc 0.2500 ± 0.0625, perplexity 310.5000 ± 40.2500 "
+                           "(40 documents)") for line in lines)
+  assert any(line.endswith("piqa         acc 0.5000, acc_norm 0.6250") for line in lines)
+  assert [line for line in lines if line.startswith("warning:")] == [
+      "warning: step 8 lambada_openai: 3 of 40 requests truncated at 1024 tokens "
+      "(model.max_len): 2,500 tokens cut"]
+  assert lines[-1] == f"results: {tmp_path / 'out' / '8.json'}"
+  assert eval_lib.format_report([result]).splitlines()[-1] == (
+      f"results: {tmp_path / 'run' / 'eval' / '8.json'}")

@@ -2,7 +2,10 @@
 and winogrande (their fields and prompt construction) on small made-up items, for a
 trained MambaSWELU run and a trained Transformer baseline run alike.
 
-Skipped when lm-eval is not installed (pip install -e '.[eval]')."""
+Requests longer than the training length are scored whole by the MambaSWELU run (no
+position limit); the Transformer cuts past model.max_len and counts what it cut.
+
+Skipped when lm-eval is not installed (pip install -e '.[eval]'; CI installs it)."""
 
 import json
 import math
@@ -31,10 +34,15 @@ from mambaswelu_jax import lm_eval_adapter  # pylint: disable=wrong-import-posit
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Made-up items in each task's own fields.
+# Made-up text far longer than the runs' training length (32 tokens) and, whole, than the
+# Transformer's model.max_len (1024 positions).
+LONG_TEXT = "".join(f"Return the value of item {i} to the caller, then close file {i % 7}. "
+                    for i in range(160))
 LAMBADA = [
     {"text": "The cat sat on the mat and looked at the door. Then the cat"},
     {"text": "def add(a, b):\n    return a + b\n\nprint(add(1, 2)) returns three"},
     {"text": "Open the file, read every line, and close the file"},
+    {"text": LONG_TEXT + "Every line is read, and the file is closed"},
 ]
 HELLASWAG = [
     {"ind": 1, "activity_label": "Cooking pasta", "ctx_a": "A man fills a pot with water.",
@@ -203,8 +211,14 @@ def _direct_logprob(run, ids, n_cont):
 
 
 def _fit(run, ids):
-  """A long context keeps its last max_length + 1 tokens, as the adapter scores it."""
-  return ids[-(run.max_length + 1):]
+  """What the model can read of a request: all of it for the MambaSWELU run (no position
+  limit); the last model.max_len + 1 ids for the Transformer."""
+  limit = int(run.config.model.max_len) if _is_transformer(run) else None
+  return ids[-(limit + 1):] if limit else ids
+
+
+def _is_transformer(run):
+  return run.config.model.get("architecture", "mamba") == "transformer"
 
 
 def _req(kind, args, i=0):
@@ -244,15 +258,92 @@ def test_loglikelihood_rolling(run, lm):
   ids = [tok.eos_id] + tok.encode(short)
   (got,) = lm.loglikelihood_rolling([_req("loglikelihood_rolling", (short,))])
   np.testing.assert_allclose(got, _direct_logprob(run, ids, len(ids) - 1)[0], rtol=2e-5)
+  # A text of 3+ training lengths (within the Transformer's positions): one piece, every
+  # token seeing its whole past, on both runs.
   long = "def g(a, b, c):\n    return (a * b) - c / 2.0\n" * 6
-  n = len(tok.encode(long))
-  assert n > 2 * run.max_length
-  wide = lm_eval_adapter.model_class()(run=run, batch_size=2, max_length=256)
-  (whole,) = wide.loglikelihood_rolling([_req("loglikelihood_rolling", (long,))])
-  ids = [tok.eos_id] + tok.encode(long)
+  tokens = tok.encode(long)
+  n = len(tokens)
+  assert 2 * int(run.config.data.seq_len) < n < int(run.config.model.max_len)
+  (whole,) = lm.loglikelihood_rolling([_req("loglikelihood_rolling", (long,))])
+  ids = [tok.eos_id] + tokens
   np.testing.assert_allclose(whole, _direct_logprob(run, ids, n)[0], rtol=2e-5)
-  (windowed,) = lm.loglikelihood_rolling([_req("loglikelihood_rolling", (long,))])
-  assert math.isfinite(windowed) and windowed < 0 and windowed != pytest.approx(whole, rel=1e-6)
+  # Under an explicit cap: lm-eval's disjoint windows of `cap` predicted tokens (the first
+  # after EOS, the others after the one token before them), counted.
+  cap = 24
+  capped = lm_eval_adapter.model_class()(run=run, batch_size=2, max_length=cap)
+  (windowed,) = capped.loglikelihood_rolling([_req("loglikelihood_rolling", (long,))])
+  starts = list(range(0, n, cap))
+  want = sum(_direct_logprob(run, ([tok.eos_id] + tokens[:cap]) if s == 0 else tokens[s - 1:s + cap],
+                             len(tokens[s:s + cap]))[0] for s in starts)
+  np.testing.assert_allclose(windowed, want, rtol=2e-5)
+  assert windowed != pytest.approx(whole, rel=1e-6)
+  assert capped.truncation[""] == {
+      "max_length": cap, "limited_by": "max_length model_arg", "requests": 1, "truncated": 1,
+      "tokens_cut": sum(starts), "continuation_tokens_cut": 0, "rolling_windows": len(starts)}
+
+
+def _long_requests(tok, seq_len):
+  """A context of ~1,800 tokens before a continuation of ~90, and a short context before a
+  ~1,100-token continuation: both continuations are longer than the training length."""
+  ctx_a = LONG_TEXT + "Now the caller"
+  cont_a = " returns " + " and ".join(f"item {i}" for i in range(30))
+  ctx_b = "Notes:"
+  cont_b = " " + LONG_TEXT[:len(LONG_TEXT) * 5 // 8]
+  out = []
+  for ctx, cont in ((ctx_a, cont_a), (ctx_b, cont_b)):
+    whole, c = tok.encode(ctx + cont), tok.encode(ctx)
+    assert whole[:len(c)] == c
+    n = len(whole) - len(c)
+    assert n > seq_len
+    out.append((ctx, cont, [tok.eos_id] + whole, n))
+  return out
+
+
+def test_long_requests_are_scored_whole_or_cut_and_counted(run, lm, caplog):
+  """The MambaSWELU run scores a request of ~1,900 tokens (training length 32) exactly as
+  one forward pass over all of it; the Transformer keeps the last model.max_len + 1 ids of
+  a longer request, says so, and counts every token it cut."""
+  tok = run.tokenizer
+  seq_len = int(run.config.data.seq_len)
+  reqs = _long_requests(tok, seq_len)
+  model = lm_eval_adapter.model_class()(run=run, batch_size=4)
+  with caplog.at_level("WARNING", logger="mambaswelu_jax.lm_eval_adapter"):
+    out = model.loglikelihood([_req("loglikelihood", (ctx, cont), i)
+                               for i, (ctx, cont, _, _) in enumerate(reqs)])
+  cut = cont_cut = 0
+  for (ctx, cont, ids, n), (logp, greedy) in zip(reqs, out):
+    kept = _fit(run, ids)
+    scored = min(n, len(kept) - 1)
+    cut += len(ids) - len(kept)
+    cont_cut += n - scored
+    want, want_greedy = _direct_logprob(run, kept, scored)
+    np.testing.assert_allclose(logp, want, rtol=2e-5, atol=2e-5)
+    assert greedy == want_greedy
+  counts = model.truncation[""]
+  warned = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+  if _is_transformer(run):
+    max_len = int(run.config.model.max_len)
+    assert all(len(ids) > max_len + 1 for _, _, ids, _ in reqs) and cont_cut > 0
+    assert counts == {"max_length": max_len, "limited_by": "model.max_len", "requests": 2,
+                      "truncated": 2, "tokens_cut": cut, "continuation_tokens_cut": cont_cut,
+                      "rolling_windows": 0}
+    assert warned == [f"warning: mambaswelu loglikelihood: 2 of 2 requests truncated at "
+                      f"{max_len} tokens (model.max_len): {cut:,} tokens cut, {cont_cut:,} of "
+                      f"them continuation tokens (not scored)"]
+  else:   # nothing cut, nothing said
+    assert run.max_length is None and model.max_length is None
+    assert cut == 0 and counts["truncated"] == 0 and counts["requests"] == 2 and not warned
+  # An explicit cap (the max_length model arg) cuts and counts on either run.
+  cap = 64
+  capped = lm_eval_adapter.model_class()(run=run, batch_size=4, max_length=cap)
+  got = capped.loglikelihood([_req("loglikelihood", (ctx, cont)) for ctx, cont, _, _ in reqs])
+  for (_, _, ids, n), (logp, _) in zip(reqs, got):
+    np.testing.assert_allclose(logp, _direct_logprob(run, ids[-(cap + 1):], min(n, cap))[0],
+                               rtol=2e-5, atol=2e-5)
+  t = capped.truncation[""]
+  assert (t["limited_by"], t["truncated"], t["tokens_cut"]) == (
+      "max_length model_arg", 2, sum(len(ids) - (cap + 1) for _, _, ids, _ in reqs))
+  assert t["continuation_tokens_cut"] == sum(n - cap for _, _, _, n in reqs)
 
 
 def test_generate_until_is_greedy_recurrent_decoding(run, lm):
@@ -269,20 +360,57 @@ def test_generate_until_is_greedy_recurrent_decoding(run, lm):
 
 def test_local_tasks_through_the_eval_command(workdir, run, tasks_dir, tmp_path):
   """`eval --benchmarks` runs lm-eval's simple_evaluate on the four local tasks and
-  stores the metrics; accuracy and perplexity agree with our own forward pass."""
+  stores the metrics with their standard errors, the documents and what was truncated;
+  accuracy and perplexity agree with our own forward pass; the printed report shows
+  metrics (no lm-eval bookkeeping), the truncation warning and the real results file."""
   tasks = ["mini_lambada_openai", "mini_hellaswag", "mini_piqa", "mini_winogrande"]
+  logged = []
   (result,) = eval_lib.evaluate_run(workdir, "latest", splits=(), benchmarks=tasks,
                                     benchmark_tasks_dir=tasks_dir, benchmark_batch_size=4,
-                                    output_dir=str(tmp_path), log=lambda *_: None)
-  with open(tmp_path / f"{result['step']}.json", encoding="utf-8") as f:
+                                    output_dir=str(tmp_path), log=logged.append)
+  path = tmp_path / f"{result['step']}.json"
+  with open(path, encoding="utf-8") as f:
     res = json.load(f)["benchmarks"]
   assert set(res) == set(tasks)
-  assert "mini_piqa" in eval_lib.format_table([result])
-  assert {"acc", "perplexity"} <= set(res["mini_lambada_openai"])
-  assert {"acc", "acc_norm"} <= set(res["mini_hellaswag"]) and {"acc", "acc_norm"} <= set(
-      res["mini_piqa"])
-  for metrics in res.values():
-    assert 0.0 <= metrics["acc"] <= 1.0
+  assert {"acc", "acc_stderr", "perplexity", "perplexity_stderr"} <= set(
+      res["mini_lambada_openai"])
+  assert {"acc", "acc_norm", "acc_stderr", "acc_norm_stderr"} <= set(res["mini_hellaswag"])
+  assert {"acc", "acc_norm"} <= set(res["mini_piqa"])
+  for task, metrics in res.items():
+    assert 0.0 <= metrics["acc"] <= 1.0 and metrics["acc_stderr"] >= 0.0
+    assert "sample_len" not in metrics and "alias" not in metrics
+    assert metrics["documents"] == {"mini_lambada_openai": 4, "mini_hellaswag": 2,
+                                    "mini_piqa": 3, "mini_winogrande": 2}[task]
+  # Truncation, exactly: only the long LAMBADA item is longer than the Transformer's
+  # max_len; the MambaSWELU run reads it whole.
+  tok = run.tokenizer
+  n_ids = len([tok.eos_id] + tok.encode(LAMBADA[-1]["text"]))
+  trunc = res["mini_lambada_openai"]["truncation"]
+  assert trunc["requests"] == len(LAMBADA)
+  if _is_transformer(run):
+    max_len = int(run.config.model.max_len)
+    assert n_ids > max_len + 1
+    assert (trunc["truncated"], trunc["tokens_cut"], trunc["max_length"]) == (
+        1, n_ids - (max_len + 1), max_len)
+  else:
+    assert (trunc["truncated"], trunc["tokens_cut"], trunc["max_length"]) == (0, 0, None)
+  for task in ("mini_hellaswag", "mini_piqa", "mini_winogrande"):
+    assert res[task]["truncation"]["truncated"] == 0
+  # What the command prints: metrics with their stderr, a warning line for the cut
+  # request, and the file the results are in.
+  report = eval_lib.format_report([result], str(tmp_path))
+  assert "sample_len" not in report and "documents" in report
+  piqa = res["mini_piqa"]
+  assert f"acc {piqa['acc']:.4f} ± {piqa['acc_stderr']:.4f}" in report
+  assert report.splitlines()[-1] == f"results: {path}" and path.exists()
+  warning = [line for line in report.splitlines() if line.startswith("warning:")]
+  logged_warning = [line for line in logged if line.startswith("warning:")]
+  if _is_transformer(run):
+    assert warning == logged_warning == [
+        f"warning: step {result['step']} mini_lambada_openai: 1 of {len(LAMBADA)} requests "
+        f"truncated at {max_len} tokens (model.max_len): {n_ids - (max_len + 1):,} tokens cut"]
+  else:
+    assert warning == logged_warning == []
   # PIQA accuracy recomputed from our own scores: argmax over " " + solution.
   tok = run.tokenizer
   hits = []
