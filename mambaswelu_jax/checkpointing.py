@@ -2,18 +2,26 @@
 
 Workdir layout::
 
-  DIR/config.json              the resolved config this workdir was started with
+  DIR/config.json              the resolved config of the run (written once its first
+                               step has run; an accepted change keeps the previous one in
+                               DIR/config_history/config.until_step_<N>.<UTC time>.json)
   DIR/checkpoints/<step>/      full states, the newest checkpoint.max_to_keep:
       state/                     {"step", "params", "opt_state"} (Orbax PyTree)
       data/                      the grain iterator, one JSON file per process
       meta/                      JSON: checksums of the state's arrays, the run's fault counters
   DIR/snapshots/<step>/params/ params only, every checkpoint.snapshot_every_steps, kept forever
   DIR/final/<step>/params/     params at the end of training
+  DIR/unrestorable_checkpoints/step_<N>.<UTC time>/
+                               a checkpoint that did not restore, moved aside by the
+                               trainer (its step is saved again when training reaches it)
 
 Saves are asynchronous: the train state is copied off the device before
 `save` returns and written in the background; the data-iterator state is
 captured at `save` time. `restore_latest` walks back from the newest step until
-one restores, logging each step it skips and why.
+one restores, logging each step it skips and why, and moving it aside.
+Before any of that, `check_state_matches` compares the stored arrays' shapes and
+dtypes (Orbax metadata) with the model: a config whose model differs is refused
+with the arrays named, and nothing is moved or written.
 
 Integrity: every save records a checksum of each array (`meta/`, computed on the
 device when saving) and a restore recomputes it, so a checkpoint whose bytes
@@ -29,6 +37,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import time
 from typing import Any
 
 import ml_collections
@@ -38,6 +48,10 @@ from mambaswelu_jax import config_validation
 log = logging.getLogger("mambaswelu_jax.checkpointing")
 
 CONFIG_FILE = "config.json"
+CONFIG_HISTORY_DIR = "config_history"
+CHECKPOINTS_DIR = "checkpoints"
+# Checkpoints that did not restore are moved here (not a step directory: no tool reads them).
+UNRESTORABLE_DIR = "unrestorable_checkpoints"
 
 
 class WorkdirConfigMismatch(config_validation.ConfigError):
@@ -152,43 +166,153 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def check_or_record_config(workdir: str, config: ml_collections.ConfigDict,
-                           is_main: bool = True) -> bool:
-  """Records `config` in a new workdir, or checks it against the recorded one.
+def check_workdir(workdir: str) -> None:
+  """Refuses (ConfigError) a workdir that is a file or cannot be written."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise config_validation.ConfigError(
+        f"--workdir={workdir} is a file, not a directory: give a directory path (a new "
+        f"one starts a run, an existing run's resumes it).")
+  existing = workdir
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise config_validation.ConfigError(
+        f"--workdir={workdir} cannot be made: {existing} is a file, not a directory.")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise config_validation.ConfigError(
+        f"--workdir={workdir} is not writable ({existing} does not allow this user to "
+        f"write): choose a directory you can write, or fix its permissions.")
 
-  Returns True when the workdir already held a run. Raises WorkdirConfigMismatch
+
+def check_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  """Checks `config` against the one `workdir` records; writes nothing.
+
+  Returns True when the workdir already holds a run. Raises WorkdirConfigMismatch
   when a key outside `config_validation.RESUMABLE_CHANGES` differs and
-  `checkpoint.allow_config_change` is off.
+  `checkpoint.allow_config_change` is off (whether the stored state restores into
+  the new model is checked separately, by `check_state_matches`).
   """
   path = os.path.join(workdir, CONFIG_FILE)
-  existed = os.path.exists(path)
-  if existed:
-    with open(path, encoding="utf-8") as f:
-      old = config_validation.flatten(json.load(f))
-    new = config_validation.flatten(json.loads(config_to_json(config)))
-    changes = config_validation.diff(old, new)
+  if os.path.exists(path):
+    changes = config_validation.diff(_flat_config_file(path), _flat(config))
     if changes and not config.checkpoint.allow_config_change:
       shown = "\n  ".join(changes[:20])
       raise WorkdirConfigMismatch(
           f"workdir {workdir} was written by a different config:\n  {shown}\n"
           f"Use a new --workdir for a new run, or resume with this config anyway by "
-          f"adding --config.checkpoint.allow_config_change=True (the new config is "
-          f"then recorded in {path}).")
+          f"adding --config.checkpoint.allow_config_change=True (allowed when the "
+          f"checkpoints still restore into the model; the old config is kept in "
+          f"{os.path.join(workdir, CONFIG_HISTORY_DIR)}/).")
     if changes:
       log.warning("resuming %s with a changed config (allowed):\n  %s", workdir,
                   "\n  ".join(changes))
-  elif os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
-      os.path.join(workdir, "checkpoints")):
+    return True
+  if checkpoint_steps(workdir):
     raise WorkdirConfigMismatch(
         f"workdir {workdir} holds checkpoints but no {CONFIG_FILE}, so its config is "
         f"unknown. Use a new --workdir, or write the run's config to {path}.")
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(config_to_json(config))
-    os.replace(tmp, path)
-  return existed
+  return False
+
+
+def record_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> None:
+  """Writes `config` to DIR/config.json. A different config already there (an
+  accepted change) is first copied to DIR/config_history/, so no config is lost."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  text = config_to_json(config)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      old = f.read()
+    if old == text:
+      return
+    history = os.path.join(workdir, CONFIG_HISTORY_DIR)
+    os.makedirs(history, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = os.path.join(history, f"config.until_step_{step}.{stamp}.json")
+    atomic_write(kept, old)
+    log.info("config changed at step %d: the previous config is kept in %s", step, kept)
+  atomic_write(path, text)
+
+
+def atomic_write(path: str, text: str) -> None:
+  """Writes a whole file or nothing (a temporary file renamed over `path`)."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _flat(config: ml_collections.ConfigDict) -> dict:
+  return config_validation.flatten(json.loads(config_to_json(config)))
+
+
+def _flat_config_file(path: str) -> dict:
+  with open(path, encoding="utf-8") as f:
+    return config_validation.flatten(json.load(f))
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps of DIR/checkpoints (committed step directories), ascending."""
+  directory = os.path.join(workdir, CHECKPOINTS_DIR)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def _key_str(key) -> str:
+  for attr in ("key", "idx", "name"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _shapes_by_path(tree) -> dict[tuple, tuple]:
+  """{path as strings: (shape, dtype)}; the same for an abstract state and for Orbax's
+  stored metadata (namedtuple fields and dict keys alike)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    out[tuple(_key_str(k) for k in path)] = (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+  return out
+
+
+def check_state_matches(workdir: str, abstract_state: Any) -> None:
+  """Refuses (WorkdirConfigMismatch, nothing written) when the stored checkpoints hold a
+  state of another structure, shape or dtype than `abstract_state`: such a config
+  change cannot resume, with or without checkpoint.allow_config_change. A step whose
+  metadata cannot be read is left to `Checkpoints.restore_latest` (a damaged
+  checkpoint, moved aside there)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  want = _shapes_by_path(abstract_state)
+  for step in reversed(checkpoint_steps(workdir)):
+    where = os.path.join(workdir, CHECKPOINTS_DIR, str(step))
+    try:
+      stored = ocp.StandardCheckpointer().metadata(os.path.join(where, "state"))
+      have = _shapes_by_path(getattr(stored, "item_metadata", stored))
+    except Exception:  # pylint: disable=broad-except
+      continue
+    if have == want:
+      return
+    # The params first (the optimizer's moments mirror them), then the rest.
+    order = lambda p: (p[0] != "params", p)  # pylint: disable=unnecessary-lambda-assignment
+    diffs = [f"{'/'.join(p)}: stored {have[p][0]} {have[p][1]}, this config {want[p][0]} "
+             f"{want[p][1]}" for p in sorted(set(have) & set(want), key=order)
+             if have[p] != want[p]]
+    diffs += [f"{'/'.join(p)}: stored, not in this config's model"
+              for p in sorted(set(have) - set(want), key=order)]
+    diffs += [f"{'/'.join(p)}: in this config's model, not stored"
+              for p in sorted(set(want) - set(have), key=order)]
+    shown = "\n  ".join(diffs[:8]) + (f"\n  ... and {len(diffs) - 8} more" if len(diffs) > 8
+                                      else "")
+    raise WorkdirConfigMismatch(
+        f"the checkpoints in {where} do not fit this config's model ({len(diffs)} "
+        f"array(s) differ):\n  {shown}\nA model of another shape cannot resume this run, "
+        f"even with checkpoint.allow_config_change (it covers changes the checkpoints "
+        f"restore into: learning rate, steps, data location, logging). Use a new "
+        f"--workdir, or drop the --config.model.* overrides. Nothing was written.")
 
 
 # ----------------------------------------------------------------------------
@@ -199,17 +323,19 @@ def check_or_record_config(workdir: str, config: ml_collections.ConfigDict,
 class Checkpoints:
   """Full states (+ data iterator), params snapshots and the final params."""
 
-  def __init__(self, workdir: str, ckpt_config: ml_collections.ConfigDict):
+  def __init__(self, workdir: str, ckpt_config: ml_collections.ConfigDict,
+               is_main: bool = True):
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
     self._ocp = ocp
     self.workdir = workdir
+    self.is_main = is_main  # the process that moves unrestorable checkpoints aside
     async_save = bool(ckpt_config.async_save)
 
     def mp(prefix):  # distinct barrier names: several managers may save one step at once
       return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix)
 
     self.states = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=int(ckpt_config.max_to_keep), create=True,
             enable_async_checkpointing=async_save, multiprocessing_options=mp("states")),
@@ -308,35 +434,76 @@ class Checkpoints:
 
     `data_iter` is restored in place (None: the state only). A checkpoint that fails
     to restore, whose arrays differ from the checksums recorded at save, or that
-    holds non-finite values is skipped with a warning naming it and the reason.
+    holds non-finite values is skipped with a warning naming it and the reason, and
+    moved aside to DIR/unrestorable_checkpoints/ (kept for inspection; its step is
+    saved again when training reaches it). A data iterator saved for other data or
+    settings is a config mismatch, not damage: WorkdirConfigMismatch, nothing moved.
     The restored checkpoint's `meta` counters are in `self.restored_meta`.
     """
     ocp = self._ocp
     self.restored_meta = {}
     steps = sorted(self.states.all_steps(), reverse=True)
+    found = None
     for step in steps:
       where = _step_dir(self.states.directory, step)
       try:
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if data_iter is not None:
-          items["data"] = self._data_restore(data_iter)
         meta = _read_meta(self.states.directory, step)
-        restored = self.states.restore(step, args=ocp.args.Composite(**items))
+        restored = self.states.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))
         if meta is not None:
           verify_checksums(restored["state"], meta.get("checksums", {}), where)
         _, finite, bad = _checksums_and_finite(restored["state"])
         if not finite:
           raise NonFiniteState(f"{where}: non-finite values in {', '.join(bad[:5])}")
+        if data_iter is not None:
+          self._restore_data(step, data_iter, where)
+      except WorkdirConfigMismatch:
+        raise
       except Exception as e:  # pylint: disable=broad-except
         log.warning("checkpoint %s does not restore, skipping it: %s: %s",
                     where, type(e).__name__, str(e)[:500])
+        self._move_aside(step)
         continue
       self.restored_meta = meta or {}
       if step != steps[0]:
         log.warning("restored checkpoint %s: the newer one(s) %s were skipped (see above)",
                     where, ", ".join(str(s) for s in steps if s > step))
-      return step, restored["state"]
-    return None
+      found = step, restored["state"]
+      break
+    if found is None or found[0] != steps[0]:
+      self.states.reload()  # forget the steps moved aside, so they are saved again
+    return found
+
+  def _restore_data(self, step: int, data_iter: Any, where: str) -> None:
+    from mambaswelu_jax.data.sources import DataError  # pylint: disable=import-outside-toplevel
+    try:
+      self.states.restore(step, args=self._ocp.args.Composite(
+          data=self._data_restore(data_iter)))
+    except Exception as e:  # pylint: disable=broad-except
+      cause = e
+      while cause is not None and not isinstance(cause, DataError):
+        cause = cause.__cause__ or cause.__context__
+      if cause is None:
+        raise
+      raise WorkdirConfigMismatch(
+          f"{where}: {cause}\nUse a new --workdir for other data, or the run's own "
+          f"data settings. Nothing was written.") from e
+
+  def _move_aside(self, step: int) -> None:
+    """DIR/checkpoints/<step> -> DIR/unrestorable_checkpoints/step_<step>.<UTC time>."""
+    if not self.is_main:
+      return
+    source = _step_dir(self.states.directory, step)
+    aside = os.path.join(self.workdir, UNRESTORABLE_DIR)
+    os.makedirs(aside, exist_ok=True)
+    target = os.path.join(aside, f"step_{step}." + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    try:
+      shutil.move(source, target)
+    except OSError as e:
+      log.warning("could not move %s aside: %s", source, e)
+      return
+    log.warning("moved %s to %s (kept for inspection; step %d is saved again when training "
+                "reaches it)", source, target, step)
 
   def reached_preemption(self, step: int) -> bool:
     return bool(self.states.reached_preemption(step))

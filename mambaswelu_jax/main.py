@@ -8,13 +8,18 @@ when --coordinator_address (with --num_processes, --process_id) or the environme
 (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or a cluster JAX
 detects itself, with --distributed) says the run spans processes.
 
-Exit status: 0 done (or stopped at train.stop_at_step), 2 bad config or data,
-3 a checkpoint write failed with checkpoint.on_write_error="stop" (earlier checkpoints
-intact), 4 diverged (non-finite steps after train.max_nonfinite_reloads reloads),
-143 stopped by SIGTERM after saving a checkpoint (rerun the same command to resume).
+Exit status: 0 done (or stopped at train.stop_at_step); 2 a bad argument, config,
+workdir or data, or checkpoints that do not fit the config (one line on stderr,
+reported before anything is written or compiled where possible; --traceback shows
+the Python traceback too); 3 a checkpoint write failed with
+checkpoint.on_write_error="stop" (earlier checkpoints intact); 4 diverged
+(non-finite steps after train.max_nonfinite_reloads reloads); 130 stopped by Ctrl-C
+and 143 by SIGTERM, each after saving a checkpoint of the current step (rerun the
+same command to resume; a second Ctrl-C aborts at once, also 130).
 """
 
 import os
+import re
 import sys
 
 # configs/ is a package at the repository root, next to this package.
@@ -40,7 +45,53 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() with cluster auto-detection.")
 _LIBRARY_INFO = flags.DEFINE_bool("library_info", False,
                                    "Show INFO logs of libraries (Orbax, CLU, JAX) too.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False,
+                               "On an error, print the Python traceback, not one line.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+USAGE_EXIT_CODE = 2
+INTERRUPTED_EXIT_CODE = 130  # what a shell reports for a process ended by Ctrl-C
+
+
+def _fail(message: str, code: int = USAGE_EXIT_CODE):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _one_line(error: BaseException, argv) -> str:
+  """The useful line of a flag-parsing error (ml_collections and absl nest them)."""
+  texts, e = [], error
+  while e is not None:
+    texts.append(e.args[0] if e.args and isinstance(e.args[0], str) else str(e))
+    e = e.__cause__ or e.__context__
+  guess = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"', "\n".join(texts))
+  if guess:
+    arg = next((a for a in argv[1:] if guess.group(2) in a), "--config")
+    return f"{arg}: unknown config key '{guess.group(2)}' (did you mean '{guess.group(1)}'?)"
+  lines = [ln.strip() for ln in texts[0].splitlines() if ln.strip()
+           and not ln.strip().startswith(("Pass --help", "Traceback", "File ", "^", "~"))]
+  if not lines:
+    return type(error).__name__
+  first, last = lines[0], re.sub(r"^[\w.]*(Error|Exception): ", "", lines[-1])
+  if first == lines[-1]:
+    return first
+  flag = re.match(r"flag (--[^=\s]+=\S+?):", first)
+  return f"{flag.group(1)}: {last}" if flag else last
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with every bad argument as one line and exit status 2."""
+  try:
+    parsed = flags.FLAGS(argv)
+    _CONFIG.value.items()  # a config file that failed to load raises here
+    return parsed
+  except Exception as e:  # pylint: disable=broad-except
+    if "--traceback" in argv:
+      raise
+    message = _one_line(e, argv)
+    if not message.startswith(("--", "flag --", "Unknown")):  # the config file's own error
+      message = f"{next((a for a in argv if a.startswith('--config=')), '--config')}: {message}"
+    _fail(f"{message} (see --helpshort)")
 
 
 class _OwnInfoOnly:
@@ -67,7 +118,8 @@ def maybe_initialize_distributed() -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _fail(f"unexpected arguments {argv[1:]}: flags are written --name=value "
+          f"(python -m mambaswelu_jax.main --config=configs/X.py --workdir=DIR)")
   if not _LIBRARY_INFO.value:
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
   maybe_initialize_distributed()
@@ -77,15 +129,23 @@ def main(argv):
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ConfigError, DataError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    if _TRACEBACK.value:
+      raise
+    _fail(str(e))
   except train.TrainingStopped as e:  # write error ("stop") or divergence: see train.py
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(e.exit_code)
+    if _TRACEBACK.value:
+      raise
+    _fail(str(e), e.exit_code)
+  except KeyboardInterrupt:  # before the first step, or a second Ctrl-C
+    if _TRACEBACK.value:
+      raise
+    _fail("interrupted (Ctrl-C). Checkpoints already written are intact; rerun the "
+          "same command to resume from the newest one.", INTERRUPTED_EXIT_CODE)
   if result.summary and jax_process_index() == 0:
     print(result.summary, flush=True)
-  if result.preempted:
-    sys.exit(train.PREEMPTED_EXIT_CODE)
+  if result.stop_signal:
+    print(f"stopped at step {result.step}; rerun the same command to resume", flush=True)
+    sys.exit(128 + result.stop_signal)
 
 
 def jax_process_index() -> int:
@@ -94,4 +154,4 @@ def jax_process_index() -> int:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import math
 import os
 import re
@@ -77,25 +78,44 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-  """The records of a metrics.jsonl file (no TensorFlow needed)."""
-  out = []
+  """The step records of a metrics.jsonl file, as the run's current history (no
+  TensorFlow needed).
+
+  The file is only ever appended to. A resumed run first appends a marker
+  `{"resumed_from_step": N}`; the records after it replace those past step N that an
+  earlier attempt wrote after its last checkpoint (still in the file, not returned).
+  A line cut short by a crash is skipped.
+  """
+  out: list[dict[str, Any]] = []
   with open(path, encoding="utf-8") as f:
     for line in f:
-      line = line.strip()
-      if line:
-        try:
-          out.append(json.loads(line))
-        except json.JSONDecodeError:
-          break  # a line cut short by a crash: the end of what was written
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if not isinstance(record, dict):
+        continue
+      if "step" not in record:
+        if "resumed_from_step" in record:
+          n = int(record["resumed_from_step"])
+          out = [r for r in out if r["step"] <= n]
+        continue
+      out.append(record)
   return out
+
+
+def ends_with_newline(path: str) -> bool:
+  with open(path, "rb") as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b"\n"
 
 
 class MetricsWriter:
   """Writes scalars to CLU (TensorBoard + logging) and to metrics.jsonl.
 
-  Only the process that `is_main` writes files; every process logs.
-  `resume_step` drops JSONL records past it (from a run interrupted after its last
-  checkpoint), so the file stays one record per step.
+  Only the process that `is_main` writes files; every process logs. metrics.jsonl
+  is only appended to: a run resumed at `resume_step` appends a marker that tells
+  `read_jsonl` to read the records past that step from here on.
   """
 
   def __init__(self, workdir: str, *, is_main: bool = True, resume_step: int = 0,
@@ -104,12 +124,14 @@ class MetricsWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._clu = None
     if is_main:
-      if os.path.exists(self.path):
-        kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
-        with open(self.path, "w", encoding="utf-8") as f:
-          for r in kept:
-            f.write(json.dumps(r) + "\n")
+      existing = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+      torn = existing and not ends_with_newline(self.path)  # a line cut by a crash
       self._jsonl = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+      if torn:
+        self._jsonl.write("\n")
+      if existing:
+        self._jsonl.write(json.dumps({"resumed_from_step": int(resume_step)}) + "\n")
+        self._jsonl.flush()
     else:
       self._jsonl = None
     if tensorboard:
@@ -151,21 +173,39 @@ class MetricsWriter:
 
 
 def add_train_log(workdir: str, is_main: bool = True) -> logging.Handler | None:
-  """Sends the `mambaswelu_jax` loggers' records (INFO and up) to DIR/train.log."""
+  """Collects the `mambaswelu_jax` loggers' records (INFO and up) for DIR/train.log.
+
+  They are held in memory until `start_train_log` opens the file (appending) and
+  writes them; a run that never starts (it fails before its first step) writes none.
+  """
   if not is_main:
     return None
-  handler = logging.FileHandler(os.path.join(workdir, "train.log"), encoding="utf-8")
+  handler = logging.handlers.MemoryHandler(capacity=1 << 30, flushLevel=logging.CRITICAL + 1,
+                                           target=None, flushOnClose=True)
   handler.setLevel(logging.INFO)
-  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s",
-                                         datefmt="%Y-%m-%d %H:%M:%S"))
   logger = logging.getLogger("mambaswelu_jax")
   logger.addHandler(handler)
   logger.setLevel(logging.INFO)
   return handler
 
 
+def start_train_log(handler: logging.Handler | None, workdir: str) -> None:
+  """Opens DIR/train.log (append), writes the held records; later ones go straight there."""
+  if handler is None or handler.target is not None:
+    return
+  target = logging.FileHandler(os.path.join(workdir, "train.log"), encoding="utf-8")
+  target.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s",
+                                        datefmt="%Y-%m-%d %H:%M:%S"))
+  handler.setTarget(target)
+  handler.capacity = 1
+  handler.flush()
+
+
 def remove_train_log(handler: logging.Handler | None) -> None:
   if handler is not None:
-    handler.flush()
     logging.getLogger("mambaswelu_jax").removeHandler(handler)
+    if handler.target is None:
+      handler.buffer.clear()  # never started: nothing to write
     handler.close()
+    if handler.target is not None:
+      handler.target.close()

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -295,7 +296,8 @@ def _pad_eval_batch(batch: dict, rows: int) -> dict:
 
 
 class _Stopper:
-  """SIGTERM -> a flag the loop polls; the loop saves and exits cleanly.
+  """SIGTERM or Ctrl-C (SIGINT) -> a flag the loop polls; the loop saves and exits
+  cleanly. A second Ctrl-C aborts at once (Python's KeyboardInterrupt).
 
   Only for one process: across processes every one must stop at the same step, so
   there JAX's own preemption notifier (set up by jax.distributed) catches SIGTERM and
@@ -309,13 +311,19 @@ class _Stopper:
 
   def __enter__(self):
     if self._install and threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM,):
+      for sig in (signal.SIGTERM, signal.SIGINT):
         self._old[sig] = signal.signal(sig, self._handle)
     return self
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    self.signal = signum
-    log.warning("received signal %d: saving a checkpoint and stopping", signum)
+    if self.signal is None:
+      self.signal = signum
+    if signum == signal.SIGINT:  # the next Ctrl-C is Python's own: abort at once
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+      log.warning("Ctrl-C: saving a checkpoint of the current step and stopping (Ctrl-C "
+                  "again aborts at once, losing the steps since the last checkpoint)")
+    else:
+      log.warning("received signal %d: saving a checkpoint and stopping", signum)
 
   def __exit__(self, *exc):
     for sig, old in self._old.items():
@@ -323,13 +331,53 @@ class _Stopper:
     return False
 
 
+class _WorkdirStart:
+  """What a run writes into its workdir only once its first step has run: the config
+  (config.json, with the previous one kept if it changed), train.log (records held in
+  memory until then) and the metrics writers. A run that fails or is stopped before
+  that leaves the workdir as it found it: a workdir this run created is removed, and
+  in an existing one the entries it added are (a checkpoint moved aside stays)."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, is_main: bool):
+    self.workdir, self.config, self.is_main = workdir, config, is_main
+    self.existed = os.path.isdir(workdir)
+    self.entries = set(os.listdir(workdir)) if self.existed else set()
+    self.log_handler = metrics_lib.add_train_log(workdir, is_main)
+    self.done = False
+
+  def commit(self, step: int) -> None:
+    if self.done:
+      return
+    if self.is_main:
+      checkpointing.record_config(self.workdir, self.config, step)
+    metrics_lib.start_train_log(self.log_handler, self.workdir)
+    self.done = True
+
+  def roll_back(self) -> None:
+    if self.done or not self.is_main or not os.path.isdir(self.workdir):
+      return
+    if not self.existed:
+      shutil.rmtree(self.workdir, ignore_errors=True)
+      return
+    for name in set(os.listdir(self.workdir)) - self.entries - {checkpointing.UNRESTORABLE_DIR}:
+      path = os.path.join(self.workdir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+      else:
+        os.remove(path)
+
+  def close(self) -> None:
+    metrics_lib.remove_train_log(self.log_handler)
+
+
 @dataclasses.dataclass
 class TrainResult:
   step: int                      # optimizer steps completed
-  preempted: bool                # stopped by SIGTERM (a checkpoint of `step` was saved)
+  preempted: bool                # stopped by a signal (a checkpoint of `step` was saved)
   final_metrics: dict            # last validation metrics ({} when none ran)
   state: Any = None              # the final train state (for tests and notebooks)
   summary: str = ""              # a few lines for the console
+  stop_signal: int = 0           # the signal that stopped the run (SIGTERM, SIGINT) or 0
 
 
 # ----------------------------------------------------------------------------
@@ -342,27 +390,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """Trains (or resumes) the run recorded in `workdir`.
 
   `devices`: the mesh (default: every device of every process, `jax.devices()`).
+  Nothing is written before the config, the data and (on resume) the checkpoints'
+  shapes are checked, and a failure before the first step leaves the workdir as it
+  was (see `_WorkdirStart`).
   """
   workdir = os.path.abspath(os.path.expanduser(workdir))
   is_main = jax.process_index() == 0
 
-  # --- Config: validate before anything compiles, then record it in the workdir.
+  # --- Config: validate before anything compiles or is written.
   devices = list(jax.devices() if devices is None else devices)
   config = config_validation.resolve(config, num_devices=len(devices),
                                      process_count=jax.process_count())
-  tc = config.train
-  num_steps = int(tc.num_steps)
+  num_steps = int(config.train.num_steps)
   accum = config_validation.check_batch(config, len(devices), jax.process_count())
-  os.makedirs(workdir, exist_ok=True)
-  resumed_workdir = checkpointing.check_or_record_config(workdir, config, is_main)
-  log_handler = metrics_lib.add_train_log(workdir, is_main)
+  checkpointing.check_workdir(workdir)
+  resumed_workdir = checkpointing.check_config(workdir, config)
+  start = _WorkdirStart(workdir, config, is_main)
   try:
-    return _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main)
+    if is_main:
+      try:
+        os.makedirs(workdir, exist_ok=True)
+      except OSError as e:
+        raise config_validation.ConfigError(f"--workdir={workdir} cannot be made: {e}") from e
+    return _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main, start)
+  except BaseException:
+    start.roll_back()
+    raise
   finally:
-    metrics_lib.remove_train_log(log_handler)
+    start.close()
 
 
-def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -> TrainResult:
+def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main,
+         start: _WorkdirStart) -> TrainResult:
   tc, ec = config.train, config.eval
   mesh = make_mesh(devices)
   tokens_per_step = int(tc.global_batch_size) * int(config.data.seq_len)
@@ -382,10 +441,12 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
   eval_step_fn = make_eval_step(mesh, parts)
   schedule = make_schedule(tc, num_steps)
 
-  # --- Checkpoints: resume from the newest one that restores.
-  ckpts = checkpointing.Checkpoints(workdir, config.checkpoint)
+  # --- Checkpoints: the stored shapes must fit this model (checked before anything is
+  # written); resume from the newest one that restores, moving damaged ones aside.
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           state)
+  checkpointing.check_state_matches(workdir, abstract)
+  ckpts = checkpointing.Checkpoints(workdir, config.checkpoint, is_main=is_main)
   restored = ckpts.restore_latest(abstract, data.train_iter)
   start_step = 0
   faults = {"skipped_updates": 0, "nonfinite_reloads": 0, "checkpoint_write_errors": 0,
@@ -401,17 +462,26 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
     log.info("workdir %s has no checkpoint yet: starting from step 0", workdir)
   replicated = NamedSharding(mesh, P())
   lr_scale = jax.device_put(jnp.asarray(faults["lr_scale"], jnp.float32), replicated)
-  data_order = _DataOrderLog(workdir, start_step) if tc.data_order_log else None
+  data_order = None
+  writer = None  # the metrics writers: made once the first step has run
+
+  def commit() -> None:
+    """The first step ran: the workdir now records this run (config, log, metrics)."""
+    nonlocal writer, data_order
+    start.commit(start_step)
+    if writer is None:
+      writer = metrics_lib.MetricsWriter(workdir, is_main=is_main, resume_step=start_step)
+      if start_step == 0:
+        hparams = config_validation.flatten(config)
+        hparams["num_params"] = parts.num_params
+        writer.write_hparams(hparams)
+      if tc.data_order_log:
+        data_order = _DataOrderLog(workdir, start_step)
 
   # --- Metrics.
-  writer = metrics_lib.MetricsWriter(workdir, is_main=is_main, resume_step=start_step)
   flops = _flops_per_token(config)
   peak, peak_source = metrics_lib.peak_tflops(devices[0], len(mesh.local_devices),
                                               tc.peak_tflops_per_device)
-  if start_step == 0:
-    hparams = config_validation.flatten(config)
-    hparams["num_params"] = parts.num_params
-    writer.write_hparams(hparams)
   log.info("FLOPs per token (training) %.3g; peak %.3g TFLOP/s per device from %s",
            flops, peak, peak_source)
 
@@ -482,7 +552,7 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
 
   # --- Loop.
   step = start_step
-  preempted = False
+  preempted, stop_signal = False, 0
   stop_at = int(tc.stop_at_step) or num_steps
   final_eval: dict = {}
   pending: list = []           # device metrics since the last log line
@@ -500,14 +570,13 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
         batch = next(data.train_iter)
         arrays, extra = split_batch(batch)
         extra_counts.update(extra)
-        if data_order is not None:
-          data_order.record(step + 1, arrays)
         state, step_metrics = train_step_fn(state, to_global(arrays, mesh), rest, lr_scale)
         step += 1
         pending.append(step_metrics)
         if not first_step_done:  # compilation: keep it out of the timings
           jax.block_until_ready(step_metrics)
           first_step_done = True
+          commit()
           if step == 1:
             first_loss = float(jax.device_get(step_metrics["train_loss"]))
           log.info("first step (compilation included) took %.1f s",
@@ -515,6 +584,8 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
           interval_start, interval_steps, paused = time.perf_counter(), 0, 0.0
         else:
           interval_steps += 1
+        if data_order is not None:
+          data_order.record(step, arrays)
 
         scalars: dict = {}
         if step % tc.log_every_steps == 0 or step == num_steps:
@@ -573,10 +644,11 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
             on_write_error(e, f"saving the params snapshot of step {step}")
         paused += time.perf_counter() - t0
         if stop:
-          preempted = True
-          log.warning("stopped by signal at step %d; checkpoint saved. Rerun the same "
-                      "command to resume.", step)
+          preempted, stop_signal = True, stopper.signal or signal.SIGTERM
+          log.warning("stopped by %s at step %d; checkpoint saved. Rerun the same "
+                      "command to resume.", _signal_name(stop_signal), step)
           break
+    commit()  # also when there was no step left to run
 
     # --- End: final params, a text sample.
     if step >= num_steps and not preempted:
@@ -600,7 +672,8 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
   finally:  # pending async saves finish; writers flush, also on errors
     if data_order is not None:
       data_order.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
     try:
       ckpts.close()
     except checkpointing.CheckpointWriteError as e:
@@ -612,17 +685,23 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main) -
                               f"resume.", WRITE_ERROR_EXIT_CODE) from e
   elapsed = time.perf_counter() - run_start
   log.info("done at step %d in %s", step, _fmt_time(elapsed))
-  summary = _summary(workdir, step, num_steps, elapsed, preempted, first_loss, final_eval,
+  summary = _summary(workdir, step, num_steps, elapsed, stop_signal, first_loss, final_eval,
                      config, ec.sample_prompt, sample)
   return TrainResult(step=step, preempted=preempted, final_metrics=final_eval, state=state,
-                     summary=summary)
+                     summary=summary, stop_signal=int(stop_signal))
 
 
-def _summary(workdir, step, num_steps, elapsed, preempted, first_loss, final_eval, config,
+def _signal_name(signum: int) -> str:
+  return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def _summary(workdir, step, num_steps, elapsed, stop_signal, first_loss, final_eval, config,
              prompt, sample) -> str:
-  """What a person wants to read when the run ends."""
+  """What a person wants to read when the run ends: the figures, where the files are
+  and the commands that come next."""
   lines = [f"{workdir}: step {step}/{num_steps} in {_fmt_time(elapsed)}"
-           + (" (stopped by SIGTERM; rerun to resume)" if preempted else "")]
+           + (f" (stopped by {_signal_name(stop_signal)}; rerun the same command to resume)"
+              if stop_signal else "")]
   vocab = int(config.model.vocab_size)
   if first_loss is not None:
     lines.append(f"  first train loss       {first_loss:.3f} nats/token "
@@ -636,6 +715,14 @@ def _summary(workdir, step, num_steps, elapsed, preempted, first_loss, final_eva
                    f"nats/token (of the validation tokens: a model that ignores context)")
   if sample:
     lines.append(f"  sample: {prompt}{sample}".replace("\n", "\n    "))
+  lines += [f"  metrics                {os.path.join(workdir, 'metrics.jsonl')} "
+            f"(log: {os.path.join(workdir, 'train.log')})",
+            f"  TensorBoard            tensorboard --logdir {os.path.join(workdir, 'tensorboard')}",
+            f"  checkpoints            {os.path.join(workdir, 'checkpoints')}"]
+  if step >= num_steps:
+    lines += [f"  evaluate               python -m mambaswelu_jax.eval --workdir={workdir}",
+              f"  generate               python -m mambaswelu_jax.generate --workdir={workdir} "
+              f"--prompt='...'"]
   return "\n".join(lines)
 
 

@@ -199,30 +199,40 @@ def test_global_batch_not_divisible_by_processes():
 
 def test_workdir_refuses_another_config(tmp_path):
   c = cv.resolve(_demo())
-  assert not checkpointing.check_or_record_config(str(tmp_path), c)
+  assert not checkpointing.check_config(str(tmp_path), c)
+  assert not (tmp_path / "config.json").exists()  # checking writes nothing
+  checkpointing.record_config(str(tmp_path), c, step=0)
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["train"]["num_steps"] == c.train.num_steps
-  assert checkpointing.check_or_record_config(str(tmp_path), c)  # same config: fine
+  assert checkpointing.check_config(str(tmp_path), c)  # same config: fine
   other = _demo()
   other.train.learning_rate = 1e-2
   with pytest.raises(checkpointing.WorkdirConfigMismatch,
                      match=r"(?s)train.learning_rate: 0.003 -> 0.01.*--config.checkpoint."
                            r"allow_config_change=True"):
-    checkpointing.check_or_record_config(str(tmp_path), cv.resolve(other))
+    checkpointing.check_config(str(tmp_path), cv.resolve(other))
   # Logging, evaluation, checkpoint cadence and the micro-batch may change on resume.
   ok = _demo()
   ok.train.log_every_steps, ok.eval.every_steps, ok.train.micro_batch_per_device = 1, 1, 1
   ok.checkpoint.every_steps = 1
-  assert checkpointing.check_or_record_config(str(tmp_path), cv.resolve(ok))
+  assert checkpointing.check_config(str(tmp_path), cv.resolve(ok))
   other.checkpoint.allow_config_change = True
-  assert checkpointing.check_or_record_config(str(tmp_path), cv.resolve(other))
+  assert checkpointing.check_config(str(tmp_path), cv.resolve(other))
+  # An accepted change is recorded beside the old config, not over it.
+  old_text = (tmp_path / "config.json").read_text()
+  checkpointing.record_config(str(tmp_path), cv.resolve(other), step=5)
   assert json.loads((tmp_path / "config.json").read_text())["train"]["learning_rate"] == 0.01
+  kept = list((tmp_path / "config_history").iterdir())
+  assert len(kept) == 1 and kept[0].name.startswith("config.until_step_5.")
+  assert kept[0].read_text() == old_text
+  checkpointing.record_config(str(tmp_path), cv.resolve(other), step=6)  # unchanged: no copy
+  assert len(list((tmp_path / "config_history").iterdir())) == 1
 
 
 def test_checkpoints_without_config_refused(tmp_path):
   (tmp_path / "checkpoints" / "5").mkdir(parents=True)
   with pytest.raises(checkpointing.WorkdirConfigMismatch, match="no config.json"):
-    checkpointing.check_or_record_config(str(tmp_path), cv.resolve(_demo()))
+    checkpointing.check_config(str(tmp_path), cv.resolve(_demo()))
 
 
 # --- the command line -----------------------------------------------------------
