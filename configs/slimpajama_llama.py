@@ -5,7 +5,11 @@
 
 Steps = 100 x parameters / 16,384 tokens per step (757,500 for the original's
 124,104,719 parameters); override with --config.train.num_steps=N.
-`:smoke` shrinks it for a laptop, keeping the data source.
+`:smoke` shrinks it for a laptop (a few minutes on a CPU), keeping the data source;
+with no data.data_dir it reads a small sample in SlimPajama's own jsonl.zst layout,
+written once from the embedded corpus (mambaswelu_jax/data/smoke_sample.py):
+
+  python -m mambaswelu_jax.main --config=configs/slimpajama_llama.py:smoke --workdir=/tmp/smoke
 """
 
 from configs import common

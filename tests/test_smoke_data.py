@@ -151,6 +151,29 @@ def test_real_data_dir_wins_and_no_sample_without_the_flag(cache, tmp_path):
   assert sorted(os.listdir(cache)) == before
 
 
+def test_check_command_reads_the_sample(cache, capsys):
+  sources.main(["--source=slimpajama", "--smoke_sample", "--splits=validation"])
+  out = capsys.readouterr().out
+  assert "RedPajamaGithub" in out and "RedPajamaWikipedia" in out and "skipped: none" in out
+
+
+def test_leftovers_do_not_count_as_a_sample(tmp_path, monkeypatch):
+  """A writer that died leaves a hidden temporary directory: ignored. A directory
+  under the final name without the manifest is not taken for a sample."""
+  monkeypatch.setenv(smoke_sample.SMOKE_DATA_ENV, str(tmp_path))
+  cfg = _data_cfg("slimpajama_llama")
+  final = smoke_sample.sample_dir("slimpajama", cfg)
+  os.makedirs(os.path.join(tmp_path, "." + os.path.basename(final) + ".dead", "train"))
+  os.makedirs(os.path.join(final, "train"))
+  open(os.path.join(final, "train", "stray"), "w").close()
+  with pytest.raises(DataError, match="delete it and rerun"):
+    sources.make_source(cfg)
+  os.remove(os.path.join(final, "train", "stray"))
+  os.rmdir(os.path.join(final, "train"))
+  source = sources.make_source(cfg)  # an empty directory is replaced
+  assert source.root == final and next(source.documents("train"))["text"]
+
+
 def test_unwritable_cache_is_a_data_error(tmp_path, monkeypatch):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
@@ -163,12 +186,13 @@ def test_unwritable_cache_is_a_data_error(tmp_path, monkeypatch):
 @pytest.mark.usefixtures("compilation_cache")
 @pytest.mark.parametrize("name", sorted(SMOKE_CONFIGS))
 def test_smoke_config_trains_on_its_sample(name, cache, tmp_path):
-  """The real trainer on each `:smoke` config and its sample (2 steps), then the same
-  command again: the recorded config matches (data_dir stays ""), the run resumes."""
+  """The real trainer on each `:smoke` config and its sample: stopped after one step,
+  then the same config again resumes it (the recorded config matches: data_dir stays
+  "" and the sample is found again) and finishes step 2."""
   import numpy as np
   from mambaswelu_jax import train
 
-  def config():
+  def config(**train_overrides):
     c = SMOKE_CONFIGS[name].get_config("smoke")
     c.train.num_steps = 2
     c.train.warmup_steps = 1
@@ -177,15 +201,16 @@ def test_smoke_config_trains_on_its_sample(name, cache, tmp_path):
     c.checkpoint.snapshot_every_steps = 0
     c.eval.every_steps = 2
     c.eval.max_batches = 1
+    c.train.update(train_overrides)
     return c
 
   workdir = str(tmp_path / "run")
-  result = train.train_and_evaluate(config(), workdir)
-  assert result.step == 2
-  assert np.isfinite(result.final_metrics["validation_loss"])
-  assert result.final_metrics["validation_loss"] < np.log(4096) + 0.5
+  first = train.train_and_evaluate(config(stop_at_step=1), workdir)
+  assert first.step == 1
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     data = json.load(f)["data"]
   assert data["data_dir"] == "" and data["smoke_sample"] is True
-  again = train.train_and_evaluate(config(), workdir)  # a rerun of the same command
-  assert again.step == 2
+  result = train.train_and_evaluate(config(), workdir)  # resumes at step 1
+  assert result.step == 2
+  loss = result.final_metrics["validation_loss"]
+  assert np.isfinite(loss) and loss < np.log(4096) + 0.5

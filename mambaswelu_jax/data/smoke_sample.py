@@ -129,9 +129,11 @@ def ensure_sample(source_name: str, data_cfg) -> str:
     _write_manifest(tmp, manifest)
     try:
       os.rename(tmp, final)
-    except OSError:
+    except OSError as e:
       if _read_manifest(final) is None:  # not another writer's complete sample
-        raise
+        raise sources_lib.DataError(
+            f"smoke: cannot put the {label} sample at {final} ({e}); if that "
+            f"directory is left from something else, delete it and rerun") from e
   finally:
     if os.path.isdir(tmp):
       shutil.rmtree(tmp, ignore_errors=True)
@@ -224,8 +226,12 @@ def write_slimpajama_sample(root: str, embedded: sources_lib.Source) -> dict:
 def write_wikipedia_sample(data_dir: str, config: str,
                            embedded: sources_lib.Source) -> dict:
   """Prepares tfds `wikipedia/<config>` under `data_dir` from the embedded docstrings."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from tensorflow_datasets.text import wikipedia as tfds_wikipedia  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    from tensorflow_datasets.text import wikipedia as tfds_wikipedia  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise sources_lib.DataError(f"smoke: the Wikipedia sample is a tfds dataset; pip "
+                                f"install tensorflow-datasets ({e})") from e
 
   docs = []
   for split in sources_lib.SPLITS:  # every article; the reader carves its own splits
@@ -250,7 +256,12 @@ def write_wikipedia_sample(data_dir: str, config: str,
     def _smoke_examples(self):
       yield from sorted(articles.items())
 
-  builder = SmokeWikipedia(config=config, data_dir=data_dir)
+  try:
+    builder = SmokeWikipedia(config=config, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except  (tfds raises several types)
+    raise sources_lib.DataError(
+        f"smoke: tfds has no dataset wikipedia/{config} to write a sample of ({e}); "
+        f"set data.wikipedia_config to one of its configs, e.g. 20230601.en") from e
   from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
   shown = getattr(tqdm_utils, "_active", True)
   tqdm_utils.display_progress_bar(False)   # a one-line message instead of bars

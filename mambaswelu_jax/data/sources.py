@@ -652,6 +652,9 @@ def main(argv=None) -> None:
   parser.add_argument("--wikipedia_config", default="20230601.en")
   parser.add_argument("--try_gcs", action="store_true")
   parser.add_argument("--text_types", default="")
+  parser.add_argument("--smoke_sample", action="store_true",
+                      help="no --data_dir: write (once) and read the small sample "
+                           "that :smoke configs use")
   parser.add_argument("--splits", default="validation")
   parser.add_argument("--limit", type=int, default=0,
                       help="stop each split after this many documents (0: all)")
