@@ -49,6 +49,12 @@ from experiments.study_lib import postprocess  # pylint: disable=wrong-import-po
 from experiments.study_lib import runs as runs_lib  # pylint: disable=wrong-import-position
 
 STAGES = ("tokenizer", "train", "evaluate", "benchmarks", "generate", "report")
+QUESTION_STAGES = ("tokenizer", "train", "report")
+MONITOR_TABLE = "monitor_during_run.txt"   # under ROOT: the monitor on a running study
+
+
+def log(msg):
+  print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def train_study_tokenizer(path: str, vocab_size: int = 1024, sample_bytes: int = 2_000_000,
@@ -81,11 +87,19 @@ def _monitor_args(root, specs) -> argparse.Namespace:
                             window=5, divergence_nats=1.0)
 
 
+def _save_monitor_table(path, text, code, log) -> None:
+  """The 'monitor on a running study' record: one monitor table and its exit status."""
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text + f"\n(exit status {code})\n")
+  log(f"monitor table saved to {path}")
+
+
 def wait_for_runs(root: str, specs, *, poll: float = 15.0, snapshot_path: str = "",
                   snapshot_at: float = 0.5, timeout: float = 0, log=print) -> bool:
   """Polls the monitor until every run is done or one is dead/diverging.
 
-  Saves one monitor table to `snapshot_path` once every run is `snapshot_at` through, the 'monitor on a running study' record. Returns True when all finished.
+  Saves one monitor table to `snapshot_path` once every run is `snapshot_at` through,
+  the 'monitor on a running study' record. Returns True when all finished.
   """
   args = _monitor_args(root, specs)
   saved = False
@@ -96,10 +110,8 @@ def wait_for_runs(root: str, specs, *, poll: float = 15.0, snapshot_path: str = 
     slowest = min((s.percent or 0.0) for s in statuses) if statuses else 0.0
     if snapshot_path and not saved and slowest >= 100 * snapshot_at and any(
         s.state == "running" for s in statuses):
-      with open(snapshot_path, "w", encoding="utf-8") as f:
-        f.write(text + f"\n(exit status {code})\n")
+      _save_monitor_table(snapshot_path, text, code, log)
       saved = True
-      log(f"monitor table saved to {snapshot_path}")
     if time.time() - last_print > 60:
       log(text)
       last_print = time.time()
@@ -129,7 +141,7 @@ def train_in_pool(root, specs, devices, extra, env, args, log, python=None) -> b
     width = min(args.max_parallel or len(groups), len(groups), len(specs))
     slots = groups[:width]
   queue, active, failed = list(specs), {}, []      # active: slot -> spec
-  snapshot_path, saved, last_print = os.path.join(root, "monitor_during_run.txt"), False, 0.0
+  snapshot_path, saved, last_print = os.path.join(root, MONITOR_TABLE), False, 0.0
   while queue or active:
     for slot, spec in list(active.items()):
       p = runs_lib.paths(root, spec.name)
@@ -152,10 +164,8 @@ def train_in_pool(root, specs, devices, extra, env, args, log, python=None) -> b
     if not saved and active and done >= len(specs) // 2:
       # The 'monitor on a running study' record, once half of the runs are through.
       text, code, _ = monitor.snapshot(_monitor_args(root, specs))
-      with open(snapshot_path, "w", encoding="utf-8") as f:
-        f.write(text + f"\n(exit status {code})\n")
+      _save_monitor_table(snapshot_path, text, code, log)
       saved = True
-      log(f"monitor table saved to {snapshot_path}")
     if time.time() - last_print > 60:
       log(f"{done}/{len(specs)} runs ended, running: "
           f"{', '.join(s.name for s in active.values()) or '-'}; {len(queue)} queued")
@@ -167,7 +177,8 @@ def train_in_pool(root, specs, devices, extra, env, args, log, python=None) -> b
   return all(runs_lib.finished(runs_lib.paths(root, s.name).workdir) for s in specs)
 
 
-def main(argv=None) -> int:
+def parse_args(argv) -> tuple[argparse.Namespace, tuple]:
+  """The arguments, and the stages asked for (they run in the order of STAGES)."""
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                epilog=__doc__.split("\n\n", 1)[1])
@@ -196,124 +207,187 @@ def main(argv=None) -> int:
   unknown = [s for s in stages if s not in STAGES]
   if unknown:
     ap.error(f"unknown stage(s) {unknown}; choose from {STAGES}")
-  root = os.path.abspath(args.root)
-  os.makedirs(root, exist_ok=True)
-  specs = runs_lib.SCALES[args.scale]
   if args.questions:
-    from experiments.study_lib import questions as questions_lib  # pylint: disable=import-outside-toplevel
-    specs = questions_lib.specs(args.scale, questions_lib.parse_questions(args.questions),
-                                tuple(int(x) for x in args.seeds.split(",") if x.strip()))
-    stages = tuple(s for s in stages if s in ("tokenizer", "train", "report"))
-  timing_path = os.path.join(root, "study_timing.json")
-  timing = runs_lib.load_json(timing_path) or {}
-  t_all = time.time()
+    stages = tuple(s for s in stages if s in QUESTION_STAGES)
+  return args, stages
 
-  def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-  failures = []
+class Study:
+  """What the stages share: the arguments, the runs' specs and trainer flags, the timing
+  record (ROOT/study_timing.json), the stages that failed, and the runs once loaded."""
 
-  def timed(stage, fn):
+  def __init__(self, args: argparse.Namespace, argv):
+    self.args = args
+    self.argv = sys.argv[1:] if argv is None else argv
+    self.root = os.path.abspath(args.root)
+    os.makedirs(self.root, exist_ok=True)
+    self.specs = runs_lib.SCALES[args.scale]
+    if args.questions:
+      from experiments.study_lib import questions as questions_lib  # pylint: disable=import-outside-toplevel
+      self.specs = questions_lib.specs(
+          args.scale, questions_lib.parse_questions(args.questions),
+          tuple(int(x) for x in args.seeds.split(",") if x.strip()))
+    self.timing_path = os.path.join(self.root, "study_timing.json")
+    self.timing = runs_lib.load_json(self.timing_path) or {}
+    self.started = time.time()
+    self.failures = []
+    self.trainer_flags = list(args.override)
+    if args.scale == "toy":
+      self.tokenizer_path = os.path.join(self.root, "tokenizer", "toy_study.model")
+      self.trainer_flags.insert(0, f"--config.data.tokenizer_path={self.tokenizer_path}")
+    self._runs = None
+
+  def runs(self):
+    """The study's runs, read from ROOT the first time a stage asks (after training)."""
+    if self._runs is None:
+      self._runs = collect.load_study(self.root, self.specs)
+    return self._runs
+
+  def save_timing(self) -> None:
+    with open(self.timing_path, "w", encoding="utf-8") as f:
+      json.dump(self.timing, f, indent=1)
+
+  def timed(self, stage: str, fn):
+    """fn's result, its wall time recorded under `stage`; a stage that raises is logged
+    and recorded as a failure (None), so a failed stage does not cost the report."""
     t0 = time.time()
     try:
       out = fn()
     except Exception as e:  # pylint: disable=broad-except
-      # A failed stage (e.g. the evaluation tools missing) must not cost the report.
       import traceback  # pylint: disable=import-outside-toplevel
       traceback.print_exc()
-      failures.append(f"stage {stage} failed: {type(e).__name__}: {str(e)[:300]}")
-      log(failures[-1])
+      self.failures.append(f"stage {stage} failed: {type(e).__name__}: {str(e)[:300]}")
+      log(self.failures[-1])
       out = None
-    timing[stage] = round(time.time() - t0, 1)
-    with open(timing_path, "w", encoding="utf-8") as f:
-      json.dump(timing, f, indent=1)
-    log(f"stage {stage}: {timing[stage]:.0f} s")
+    self.timing[stage] = round(time.time() - t0, 1)
+    self.save_timing()
+    log(f"stage {stage}: {self.timing[stage]:.0f} s")
     return out
 
-  extra = list(args.override)
-  if args.scale == "toy":
-    tok_path = os.path.join(root, "tokenizer", "toy_study.model")
-    extra = [f"--config.data.tokenizer_path={tok_path}"] + extra
-    if "tokenizer" in stages:
-      timed("tokenizer", lambda: train_study_tokenizer(tok_path, log=log))
 
-  if "train" in stages:
-    def train():
-      devices = args.devices or ("none" if args.scale == "toy" else runs_lib.DEFAULT_DEVICES)
-      env = {"JAX_PLATFORMS": "cpu"} if args.scale == "toy" else None
-      if not args.questions:
-        code = launch_study.launch(root, specs, runs_lib.parse_devices(devices, len(specs)),
-                                   extra=tuple(extra), env_extra=env, out=log)
-        if code:
-          log("some runs were already running; waiting for them")
-        return wait_for_runs(root, specs, poll=args.poll,
-                             snapshot_path=os.path.join(root, "monitor_during_run.txt"), log=log)
-      return train_in_pool(root, specs, devices, extra, env, args, log)
-    ok = timed("train", train)
-    # The load the training ran under (its own runs included), for the report.
-    timing["load_average"] = {"after train, 15 min": round(os.getloadavg()[2], 1)}
-    with open(timing_path, "w", encoding="utf-8") as f:
-      json.dump(timing, f, indent=1)
-    if not ok:
-      log("not every run finished; later stages use what exists")
+# ----------------------------------------------------------------------------
+# The stages, in order.
+# ----------------------------------------------------------------------------
 
-  runs = collect.load_study(root, specs)
-  bench_note = ""
-  if runs and {"evaluate", "benchmarks", "generate"} & set(stages):
-    if "evaluate" in stages:
-      timed("evaluate", lambda: postprocess.evaluate_study(runs, max_tokens=args.eval_tokens,
-                                                           log=log))
-    if "benchmarks" in stages:
-      bench_note = timed("benchmarks", lambda: postprocess.benchmarks_study(runs, log=log))
-      timing["benchmarks_note"] = bench_note
-    if "generate" in stages:
-      timed("generate", lambda: postprocess.generate_study(
-          runs, max_new_tokens=args.gen_tokens, num_samples=args.gen_samples, log=log,
-          root=root))
-  if "report" in stages:
-    total = sum(v for k, v in timing.items() if isinstance(v, (int, float)))
-    notes = []
-    if args.scale == "toy":
-      from configs import toy_study  # pylint: disable=import-outside-toplevel
-      long_r, short_r = toy_study.LONG_TOKENS_PER_PARAMETER, toy_study.SHORT_TOKENS_PER_PARAMETER
-      notes.append(
-          "Toy scale: a small MambaSWELU (configs/toy_study.py) on the Python standard library's "
+
+def stage_tokenizer(study: Study) -> None:
+  if study.args.scale == "toy":
+    study.timed("tokenizer", lambda: train_study_tokenizer(study.tokenizer_path, log=log))
+
+
+def _train(study: Study) -> bool:
+  """Trains every run: the three runs launched together and watched, or the questions'
+  runs through the pool. True when all finished."""
+  args, root, specs = study.args, study.root, study.specs
+  devices = args.devices or ("none" if args.scale == "toy" else runs_lib.DEFAULT_DEVICES)
+  env = {"JAX_PLATFORMS": "cpu"} if args.scale == "toy" else None
+  if args.questions:
+    return train_in_pool(root, specs, devices, study.trainer_flags, env, args, log)
+  code = launch_study.launch(root, specs, runs_lib.parse_devices(devices, len(specs)),
+                             extra=tuple(study.trainer_flags), env_extra=env, out=log)
+  if code:
+    log("some runs were already running; waiting for them")
+  return wait_for_runs(root, specs, poll=args.poll,
+                       snapshot_path=os.path.join(root, MONITOR_TABLE), log=log)
+
+
+def stage_train(study: Study) -> None:
+  ok = study.timed("train", lambda: _train(study))
+  # The load the training ran under (its own runs included), for the report.
+  study.timing["load_average"] = {"after train, 15 min": round(os.getloadavg()[2], 1)}
+  study.save_timing()
+  if not ok:
+    log("not every run finished; later stages use what exists")
+
+
+def stage_evaluate(study: Study) -> None:
+  runs = study.runs()
+  if runs:
+    study.timed("evaluate", lambda: postprocess.evaluate_study(
+        runs, max_tokens=study.args.eval_tokens, log=log))
+
+
+def stage_benchmarks(study: Study) -> None:
+  runs = study.runs()
+  if runs:
+    study.timing["benchmarks_note"] = study.timed(
+        "benchmarks", lambda: postprocess.benchmarks_study(runs, log=log))
+
+
+def stage_generate(study: Study) -> None:
+  runs = study.runs()
+  if runs:
+    study.timed("generate", lambda: postprocess.generate_study(
+        runs, max_new_tokens=study.args.gen_tokens, num_samples=study.args.gen_samples,
+        log=log, root=study.root))
+
+
+def _toy_note() -> str:
+  from configs import toy_study  # pylint: disable=import-outside-toplevel
+  long_r, short_r = toy_study.LONG_TOKENS_PER_PARAMETER, toy_study.SHORT_TOKENS_PER_PARAMETER
+  return ("Toy scale: a small MambaSWELU (configs/toy_study.py) on the Python standard library's "
           "docstrings and code (no download). 'SlimPajama' is the mixture of both text types, "
           "'Wikipedia' the docstrings alone, and the 100x/20x token ratios are scaled to "
           f"{long_r:g}x/{short_r:g}x (the same {long_r / short_r:g}:1 ratio) so the study runs "
           "in minutes on a CPU. The numbers demonstrate the pipeline and how the report reads; "
           "they say nothing about the 124M study's outcome.")
-    stage_times = ", ".join(f"{k} {v:.0f} s" for k, v in timing.items()
-                            if isinstance(v, (int, float)))
-    notes.append(f"Wall time of the stages that produced this report: {stage_times} "
-                 f"(total {total / 60:.1f} min, on {os.cpu_count()} CPU core(s)"
-                 + "".join(f"; load average {k} {v:g}" for k, v in
-                           timing.get("load_average", {}).items())
-                 + ").")
-    snap = os.path.join(root, "monitor_during_run.txt")
-    if os.path.exists(snap):
-      with open(snap, encoding="utf-8") as f:
-        notes.append("The monitor during training (`python experiments/monitor.py --root=ROOT "
-                     "--scale=toy`):\n>\n> ```\n" + "\n".join(
-                         "> " + line for line in f.read().rstrip().splitlines())
-                     + "\n> ```")
-    notes += list(args.note) + failures
-    bench_note = bench_note or timing.get("benchmarks_note", "")
-    cmd = "python experiments/run_study.py " + shlex.join(
-        a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--note"))
-    if args.questions:
-      from experiments.study_lib import questions as questions_lib  # pylint: disable=import-outside-toplevel
-      notes = notes[1:] if args.scale == "toy" else notes  # the three-run study's toy note
-      path = timed("report", lambda: questions_lib.build_report(
-          collect.load_study(root, specs), args.out, scale=args.scale, notes=notes,
-          command=cmd))
-    else:
-      path = timed("report", lambda: compare_lib.compare(
-          root, args.out, scale=args.scale, notes=notes, benchmark_note=bench_note,
-          command=cmd))
-    log(f"report: {path}")
-  log(f"done in {(time.time() - t_all) / 60:.1f} min")
-  return 1 if failures else 0
+
+
+def _timing_note(timing: dict) -> str:
+  seconds = {k: v for k, v in timing.items() if isinstance(v, (int, float))}
+  stage_times = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+  return (f"Wall time of the stages that produced this report: {stage_times} "
+          f"(total {sum(seconds.values()) / 60:.1f} min, on {os.cpu_count()} CPU core(s)"
+          + "".join(f"; load average {k} {v:g}" for k, v in
+                    timing.get("load_average", {}).items())
+          + ").")
+
+
+def _monitor_note(path: str) -> list[str]:
+  """The monitor table saved during training, quoted; none when there is none."""
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    table = f.read().rstrip().splitlines()
+  return ["The monitor during training (`python experiments/monitor.py --root=ROOT "
+          "--scale=toy`):\n>\n> ```\n" + "\n".join("> " + line for line in table) + "\n> ```"]
+
+
+def stage_report(study: Study) -> None:
+  args, root = study.args, study.root
+  # The toy note describes the three-run study; the questions report has its own.
+  notes = [_toy_note()] if args.scale == "toy" and not args.questions else []
+  notes.append(_timing_note(study.timing))
+  notes += _monitor_note(os.path.join(root, MONITOR_TABLE))
+  notes += list(args.note) + study.failures
+  command = "python experiments/run_study.py " + shlex.join(
+      a for a in study.argv if not a.startswith("--note"))
+  if args.questions:
+    from experiments.study_lib import questions as questions_lib  # pylint: disable=import-outside-toplevel
+    path = study.timed("report", lambda: questions_lib.build_report(
+        collect.load_study(root, study.specs), args.out, scale=args.scale, notes=notes,
+        command=command))
+  else:
+    benchmark_note = study.timing.get("benchmarks_note", "")
+    path = study.timed("report", lambda: compare_lib.compare(
+        root, args.out, scale=args.scale, notes=notes, benchmark_note=benchmark_note,
+        command=command))
+  log(f"report: {path}")
+
+
+STAGE_RUNNERS = {"tokenizer": stage_tokenizer, "train": stage_train,
+                 "evaluate": stage_evaluate, "benchmarks": stage_benchmarks,
+                 "generate": stage_generate, "report": stage_report}
+
+
+def main(argv=None) -> int:
+  args, stages = parse_args(argv)
+  study = Study(args, argv)
+  for stage in STAGES:
+    if stage in stages:
+      STAGE_RUNNERS[stage](study)
+  log(f"done in {(time.time() - study.started) / 60:.1f} min")
+  return 1 if study.failures else 0
 
 
 if __name__ == "__main__":

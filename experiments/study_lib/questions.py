@@ -21,10 +21,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 
 import numpy as np
 
+from experiments.study_lib import figures
+from experiments.study_lib import markdown as md
 from experiments.study_lib import runs as runs_lib
 from experiments.study_lib import scaling
 
@@ -154,15 +155,6 @@ def sweep_points(runs, arch: str, min_fraction: float = 0.3):
   return np.array(n, float), np.array(d, float), np.array(y, float), np.array(g)
 
 
-def _fmt(x, f=".3f"):
-  return "-" if x is None or not np.isfinite(x) else format(x, f)
-
-
-def _table(head, rows):
-  out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-
-
 # ----------------------------------------------------------------------------
 # Sections.
 # ----------------------------------------------------------------------------
@@ -175,16 +167,17 @@ def section_runs(runs) -> list:
     m = (r.config or {}).get("model", {})
     rows.append([f"`{r.name}`", m.get("architecture", "mamba"),
                  f"d={m.get('d_model')}, L={m.get('n_layers')}", f"{num_params(r) or 0:,}",
-                 f"{r.planned_tokens:,}", _fmt(v.get("loss")), _fmt(v.get("bits_per_byte")),
+                 f"{r.planned_tokens:,}", md.number(v.get("loss")),
+                 md.number(v.get("bits_per_byte")),
                  f"{r.wall_seconds / 60:.1f} min", "yes" if r.finished else "no"])
-  return ["## 1. Runs", "", *_table(
+  return ["## 1. Runs", "", *md.table(
       ["run", "architecture", "shape", "parameters", "tokens", "final val. loss (nats)",
        "val. bits/byte", "wall time", "finished"], rows)]
 
 
 def section_ablations(runs) -> tuple[list, dict]:
-  table = ablation_table(runs)
-  base = table.get("none", {})
+  losses = ablation_table(runs)
+  base = losses.get("none", {})
   lines = ["## 2. Ablations (Q1–Q4)", "",
            "Each ablation changes one thing of its base run (configs/ablations.py; the "
            "resolved configs are diffed in tests/test_questions.py) and keeps its data, "
@@ -205,16 +198,16 @@ def section_ablations(runs) -> tuple[list, dict]:
   rows, answers = [], {}
   for abl in ABLATIONS:
     q, title, what = ABLATION_TEXT[abl]
-    got = table.get(abl, {})
+    got = losses.get(abl, {})
     deltas = [got[s] - base[s] for s in seeds if s in got]
     if not deltas:
       rows.append([q, title, what, "-", "-", "-", "not run"])
       continue
     a = answers[abl] = paired_summary(deltas)
-    rows.append([q, title, what, " / ".join(f"{x:+.4f}" for x in deltas), f"{a['delta']:+.4f}",
-                 _interval(a), a["verdict"]])
-  lines += _table(["", "question", "ablation", "Δ per seed (nats)", "mean Δ",
-                   "SE; 95% CI (t, n−1 dof)", "reading"], rows)
+    rows.append([q, title, what, md.numbers(deltas, "+.4f", " / "), f"{a['delta']:+.4f}",
+                 md.standard_error_and_interval(a["se"], a["ci"]), a["verdict"]])
+  lines += md.table(["", "question", "ablation", "Δ per seed (nats)", "mean Δ",
+                     "SE; 95% CI (t, n−1 dof)", "reading"], rows)
   lines += [""]
   for abl, a in answers.items():
     q, title, _ = ABLATION_TEXT[abl]
@@ -223,6 +216,16 @@ def section_ablations(runs) -> tuple[list, dict]:
            else "")
     lines.append(f"- **{q} ({title})**: Δ = {a['delta']:+.4f} nats over {a['n']} seed(s)"
                  + (f" ({rel})" if rel else "") + f": {a['verdict']}.")
+  ks = _final_learned_k(runs)
+  if ks:
+    lines.append(f"- In the base runs the learned k ended between {min(ks):.3f} and "
+                 f"{max(ks):.3f} over {len(ks)} site(s) (k starts at 1): how far k moves "
+                 "bounds what fixing it can change.")
+  return lines, answers
+
+
+def _final_learned_k(runs) -> list:
+  """The last logged SWELU k of every site of the ablations' base runs."""
   ks = []
   for r in runs:
     role = _role(r)
@@ -230,11 +233,7 @@ def section_ablations(runs) -> tuple[list, dict]:
       last = [m for m in r.metrics if any(k.startswith("swelu/") for k in m)]
       if last:
         ks += [v for k, v in last[-1].items() if k.startswith("swelu/") and k.endswith("/k")]
-  if ks:
-    lines.append(f"- In the base runs the learned k ended between {min(ks):.3f} and "
-                 f"{max(ks):.3f} over {len(ks)} site(s) (k starts at 1): how far k moves "
-                 "bounds what fixing it can change.")
-  return lines, answers
+  return ks
 
 
 def paired_summary(deltas, above: str = "base better",
@@ -262,10 +261,6 @@ def paired_summary(deltas, above: str = "base better",
           "deltas": deltas.tolist()}
 
 
-def _interval(a) -> str:
-  return f"{_fmt(a['se'], '.4f')}; [{_fmt(a['ci'][0], '+.4f')}, {_fmt(a['ci'][1], '+.4f')}]"
-
-
 def section_dataset(runs, scale: str) -> tuple[list, dict]:
   """Q1b: SWELU versus SiLU on each of two data sets, and the difference of the effects."""
   from configs import ablations  # pylint: disable=import-outside-toplevel
@@ -282,19 +277,20 @@ def section_dataset(runs, scale: str) -> tuple[list, dict]:
            ""]
   tables = [ablation_table(runs, "ablation"), ablation_table(runs, "dataset")]
   deltas = []
-  for table in tables:
-    base, silu = table.get("none", {}), table.get("silu", {})
+  for losses in tables:
+    base, silu = losses.get("none", {}), losses.get("silu", {})
     deltas.append({s: silu[s] - base[s] for s in base if s in silu})
   if not deltas[0] or not deltas[1]:
     return lines + ["Not run: `python experiments/run_study.py --questions=dataset` trains "
                     "the base and SiLU runs of both data sets."], {}
   rows, answer = [], {}
-  for name, table, d in zip(names, tables, deltas):
-    a = answer[name] = paired_summary([d[s] for s in sorted(d)])
-    a["base_loss"] = {s: table["none"][s] for s in sorted(d)}
-    rows.append([f"`{name}`", " / ".join(f"{table['none'][s]:.4f}" for s in sorted(d)),
-                 " / ".join(f"{d[s]:+.4f}" for s in sorted(d)), f"{a['delta']:+.4f}",
-                 _interval(a), a["verdict"]])
+  for name, losses, d in zip(names, tables, deltas):
+    paired = sorted(d)
+    a = answer[name] = paired_summary([d[s] for s in paired])
+    a["base_loss"] = {s: losses["none"][s] for s in paired}
+    rows.append([f"`{name}`", md.numbers([losses["none"][s] for s in paired], ".4f", " / "),
+                 md.numbers([d[s] for s in paired], "+.4f", " / "), f"{a['delta']:+.4f}",
+                 md.standard_error_and_interval(a["se"], a["ci"]), a["verdict"]])
   seeds = sorted(set(deltas[0]) & set(deltas[1]))
   if seeds:
     inter = paired_summary([deltas[1][s] - deltas[0][s] for s in seeds],
@@ -302,10 +298,11 @@ def section_dataset(runs, scale: str) -> tuple[list, dict]:
                            below="SWELU's gain larger on the first data set")
     answer["interaction"] = inter
     rows.append(["interaction: Δ(second) − Δ(first)", "-",
-                 " / ".join(f"{x:+.4f}" for x in inter["deltas"]), f"{inter['delta']:+.4f}",
-                 _interval(inter), inter["verdict"]])
-  lines += _table(["data set", "base (SWELU) val. loss per seed", "Δ(SiLU − SWELU) per seed",
-                   "mean", "SE; 95% CI (t, n−1 dof)", "reading"], rows)
+                 md.numbers(inter["deltas"], "+.4f", " / "), f"{inter['delta']:+.4f}",
+                 md.standard_error_and_interval(inter["se"], inter["ci"]), inter["verdict"]])
+  lines += md.table(["data set", "base (SWELU) val. loss per seed",
+                     "Δ(SiLU − SWELU) per seed", "mean", "SE; 95% CI (t, n−1 dof)", "reading"],
+                    rows)
   if "interaction" in answer:
     i = answer["interaction"]
     lines += ["", f"- **Q1b**: SWELU's advantage over SiLU changes by {i['delta']:+.4f} nats "
@@ -341,48 +338,53 @@ def section_sweep(runs, out_dir, plt, resamples: int = 200) -> tuple[list, dict]
   boots, data, why = {}, {}, {}
   for arch in scaling_sweep.ARCHS:
     boots[arch], data[arch], why[arch] = _fit_arch(runs, arch, resamples)
-  rows = []
-  for arch in scaling_sweep.ARCHS:
-    b = boots[arch]
-    if b is None:
-      rows.append([arch, "-", "-", "-", "-", "-", "-", f"no fit: {why[arch]}"])
-      continue
-    f = b.fit
-    cell = lambda k, fmt=".3f": f"{format(getattr(f, k), fmt)} [{format(b.ci[k][0], fmt)}, {format(b.ci[k][1], fmt)}]"
-    rows.append([arch, f.n, cell("E"), cell("alpha"), cell("beta"), cell("A", ".3g"),
-                 cell("B", ".3g"), f"R² {f.r2:.4f}, RMSE {f.rmse:.4f}"
-                 + ("; an exponent or coefficient at its bound" if f.at_bound else "")
-                 + ("; E at its bound 0 (the irreducible loss is not resolved)"
-                    if f.E == 0 else "")])
-  lines += _table(["architecture", "points", "E (nats)", "α (parameters)", "β (tokens)", "A",
-                   "B", "fit"], rows)
+  lines += md.table(["architecture", "points", "E (nats)", "α (parameters)", "β (tokens)", "A",
+                     "B", "fit"],
+                    [_sweep_fit_row(a, boots[a], why[a]) for a in scaling_sweep.ARCHS])
   answer = {}
   if all(boots[a] is not None for a in scaling_sweep.ARCHS):
     lines.append("")
-    lo, hi = EXP_BOUNDS
     for k, greek in (("alpha", "α"), ("beta", "β")):
-      c = scaling.compare_exponents(boots["mamba"], boots["transformer"], k)
-      loose = [a for a in scaling_sweep.ARCHS
-               if boots[a].ci[k][0] <= lo * 1.02 or boots[a].ci[k][1] >= hi / 1.02]
-      c["undetermined"] = loose
-      answer[k] = c
-      text = (f"- {greek}(Transformer) − {greek}(Mamba) = {c['difference']:+.3f}, 95% "
-              f"bootstrap interval [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]: ")
-      if loose:
-        text += (f"the {', '.join(loose)} interval of {greek} reaches the search bound "
-                 f"({lo:g}, {hi:g}), so these data do not determine it and the difference "
-                 "is not a finding.")
-      elif c["excludes_zero"]:
-        text += ("the interval excludes 0, under the point bootstrap's optimistic "
-                 "intervals (section 4).")
-      else:
-        text += "no resolved difference at this scale."
+      answer[k], text = _exponent_difference(boots, k, greek, scaling_sweep.ARCHS)
       lines.append(text)
   fig = _plot_sweep(boots, data, out_dir, plt)
   if fig:
     lines += ["", f"![L(N, D) fits]({fig})"]
   return lines, {"fits": {a: (boots[a].fit.as_dict() | {"ci": boots[a].ci}) if boots[a] else None
                           for a in boots}, "exponent_differences": answer}
+
+
+def _sweep_fit_row(arch, boot, why_not) -> list:
+  """An architecture's L(N, D) fit: each parameter with its bootstrap interval."""
+  if boot is None:
+    return [arch, "-", "-", "-", "-", "-", "-", f"no fit: {why_not}"]
+  f = boot.fit
+  cell = lambda k, fmt=".3f": md.estimate_and_interval(getattr(f, k), boot.ci[k], fmt)
+  return [arch, f.n, cell("E"), cell("alpha"), cell("beta"), cell("A", ".3g"),
+          cell("B", ".3g"), f"R² {f.r2:.4f}, RMSE {f.rmse:.4f}"
+          + ("; an exponent or coefficient at its bound" if f.at_bound else "")
+          + ("; E at its bound 0 (the irreducible loss is not resolved)" if f.E == 0 else "")]
+
+
+def _exponent_difference(boots, k, greek, archs) -> tuple[dict, str]:
+  """The Transformer's exponent `k` minus Mamba's, and the line reading it; an interval
+  reaching the search bounds leaves the difference undetermined."""
+  lo, hi = EXP_BOUNDS
+  c = scaling.compare_exponents(boots["mamba"], boots["transformer"], k)
+  loose = [a for a in archs if boots[a].ci[k][0] <= lo * 1.02 or boots[a].ci[k][1] >= hi / 1.02]
+  c["undetermined"] = loose
+  text = (f"- {greek}(Transformer) − {greek}(Mamba) = {c['difference']:+.3f}, 95% "
+          f"bootstrap interval [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]: ")
+  if loose:
+    text += (f"the {', '.join(loose)} interval of {greek} reaches the search bound "
+             f"({lo:g}, {hi:g}), so these data do not determine it and the difference "
+             "is not a finding.")
+  elif c["excludes_zero"]:
+    text += ("the interval excludes 0, under the point bootstrap's optimistic "
+             "intervals (section 4).")
+  else:
+    text += "no resolved difference at this scale."
+  return c, text
 
 
 def _plot_sweep(boots, data, out_dir, plt):
@@ -416,11 +418,7 @@ def _plot_sweep(boots, data, out_dir, plt):
   axes[1].set(xscale="log", xlabel="parameters N", ylabel="validation loss (nats)",
               title="end of the longer run of each size (larger ratio)")
   axes[1].legend(fontsize=8)
-  path = os.path.join(out_dir, "scaling_sweep.png")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return "scaling_sweep.png"
+  return figures.save(plt, fig, out_dir, "scaling_sweep.png")
 
 
 def section_limits(scale: str) -> list:
@@ -461,28 +459,17 @@ def section_limits(scale: str) -> list:
 def build_report(runs, out_dir: str, *, scale: str = "toy", title: str = "",
                  notes=None, command: str = "", resamples: int = 200) -> str:
   os.makedirs(out_dir, exist_ok=True)
-  try:
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    plt = None
+  plt, _ = figures.load_pyplot()
   title = title or ("MambaSWELU toy study: the open questions" if scale == "toy" else
                     "MambaSWELU study: the open questions")
-  lines = [f"# {title}", "",
-           f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from {len(runs)} "
-           "run(s) by `experiments/study_lib/questions.py`"
-           + (f": `{command}`" if command else "") + ".", ""]
-  lines += [f"> {n}" for n in (notes or [])] + ([""] if notes else [])
+  lines = md.page_head(title, len(runs), "experiments/study_lib/questions.py", command, notes)
   lines += section_runs(runs) + [""]
   abl_lines, abl = section_ablations(runs)
   data_lines, dataset = section_dataset(runs, scale)
   sweep_lines, sweep = section_sweep(runs, out_dir, plt, resamples=resamples)
   lines += (abl_lines + [""] + data_lines + [""] + sweep_lines + [""]
             + section_limits(scale))
-  path = os.path.join(out_dir, "README.md")
-  with open(path, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines).rstrip() + "\n")
+  path = md.write_page(out_dir, lines)
   with open(os.path.join(out_dir, "answers.json"), "w", encoding="utf-8") as f:
     json.dump({"ablations": abl, "dataset": dataset, "sweep": sweep}, f, indent=1, default=float)
   return path
