@@ -16,3 +16,9 @@ try:
   _scan._KERNELS["pallas_triton"] = _pallas_scan.pallas_selective_scan
 except ImportError as e:  # pragma: no cover
   _scan._KERNEL_IMPORT_ERRORS["pallas_triton"] = f"{type(e).__name__}: {e}"
+
+try:
+  from kernels import pallas_mosaic_scan as _pallas_mosaic_scan
+  _scan._KERNELS["pallas_mosaic"] = _pallas_mosaic_scan.mosaic_selective_scan
+except ImportError as e:  # pragma: no cover
+  _scan._KERNEL_IMPORT_ERRORS["pallas_mosaic"] = f"{type(e).__name__}: {e}"

@@ -14,8 +14,11 @@ Implementations:
   xla        chunked recurrence with a custom VJP that keeps only chunk-boundary states
              and recomputes the states inside each chunk in the backward pass.
   pallas_triton  the fused Pallas kernels with the Triton lowering (kernels/pallas_scan.py).
+  pallas_mosaic  the same kernels with the Mosaic GPU lowering (kernels/pallas_mosaic_scan.py;
+                 Hopper and newer, float32/bfloat16), for when JAX drops Triton.
   pallas     today's name of the fused kernel: an alias of pallas_triton.
-  auto       the fused kernel where the computation is lowered for CUDA, xla elsewhere.
+  auto       a fused kernel where the computation is lowered for CUDA, xla elsewhere:
+             pallas_triton while this JAX ships it, else pallas_mosaic (see AUTO_KERNELS).
 
 The fused kernels and `auto` choose by the platform the computation is LOWERED for
 (`lax.platform_dependent`), never by `jax.default_backend()` at trace time: exporting for
@@ -36,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas", "pallas_triton")
+IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas", "pallas_triton", "pallas_mosaic")
 # On a 2-core CPU, 16 was fastest of 8/16/32/64/128 (experiments/bench_scan.py).
 DEFAULT_CHUNK_SIZE = 16
 
@@ -44,8 +47,15 @@ DEFAULT_CHUNK_SIZE = 16
 ALIASES = {"pallas": "pallas_triton"}
 # The fused kernels `auto` may pick on CUDA, in order of preference. Only kernels that
 # pass the float64-reference tests in interpret mode and lower for CUDA in
-# tests/test_cuda_lowering.py belong here.
-AUTO_KERNELS = ("pallas_triton",)
+# tests/test_cuda_lowering.py belong here. Triton comes first while JAX ships it: it has
+# run on GPUs (experiments/gpu_check.py); the Mosaic GPU kernel has so far only run in
+# the GPU interpreter, which ignores register layouts. Swap the order once gpu_check.py
+# has passed with impl="pallas_mosaic" on an H100/H200.
+AUTO_KERNELS = ("pallas_triton", "pallas_mosaic")
+# Kernels that need Hopper (sm_90) or newer.
+_NEEDS_SM90 = ("pallas_mosaic",)
+# Kernels that compute in float32 only (float64 inputs go to xla under `auto`).
+_FLOAT32_ONLY = ("pallas_mosaic",)
 
 # Set by kernels/__init__.py for each fused kernel whose module imports in this build:
 # name -> function(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size).
@@ -298,6 +308,14 @@ def _kernel_lowers_for_cuda(impl) -> Optional[str]:
   return None
 
 
+def _compute_capability() -> tuple:
+  cc = getattr(jax.devices()[0], "compute_capability", None)
+  try:
+    return tuple(int(x) for x in str(cc).split("."))
+  except ValueError:  # not CUDA (e.g. ROCm's gfx names)
+    return (0, 0)
+
+
 @functools.lru_cache(maxsize=None)
 def auto_kernel() -> Optional[str]:
   """The fused kernel `auto` uses when lowered for CUDA, or None (then xla everywhere).
@@ -313,6 +331,10 @@ def auto_kernel() -> Optional[str]:
       reasons.append(f"{impl}: {_KERNEL_IMPORT_ERRORS.get(impl, 'not built')}")
       continue
     if jax.default_backend() == "gpu":
+      if impl in _NEEDS_SM90 and _compute_capability() < (9, 0):
+        reasons.append(f"{impl}: needs sm_90+, this GPU is sm_"
+                       f"{''.join(map(str, _compute_capability()))}")
+        continue
       why = _kernel_lowers_for_cuda(impl)
       if why is not None:
         reasons.append(f"{impl}: {why}")
@@ -350,6 +372,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
   args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
   if impl == "auto":
     kernel = auto_kernel()
+    if kernel in _FLOAT32_ONLY and compute_dtype(u, delta, A, B, C, D, z,
+                                                 delta_bias) == jnp.float64:
+      kernel = None
     if kernel is None:
       y, h_last = _xla_scan(*args)
     else:  # both branches are traced; lowering keeps the one of its platform

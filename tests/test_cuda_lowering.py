@@ -20,10 +20,13 @@ import re
 import subprocess
 import sys
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import export as jax_export  # jax < 0.8 has no `jax.export` attribute
 
 import kernels
 from kernels import scan as kscan
@@ -37,12 +40,13 @@ KERNEL_TARGETS = {"pallas_triton": "__gpu$xla.gpu.triton",
 FUSED = [k for k in kscan.available_implementations() if k in KERNEL_TARGETS]
 # These targets have no compatibility guarantee across JAX versions (the export's
 # safety check): fine for a lowering test, which never serialises for later.
-DISABLED = [jax.export.DisabledSafetyCheck.custom_call(t) for t in KERNEL_TARGETS.values()]
+DISABLED = [jax_export.DisabledSafetyCheck.custom_call(t) for t in KERNEL_TARGETS.values()]
 
 SHAPES = [  # (batch, length, channels, state): block_d is min(32, next_pow2(channels))
     (2, 33, 13, 5),    # one channel block with a tail, state 5 of 8, length 33 = 2*16+1
     (1, 64, 64, 16),   # two full channel blocks, no tail anywhere
     (2, 17, 40, 3),    # two channel blocks, the second 8 of 32; state 3 of 4
+    (1, 20, 64, 64),   # a large state (Mosaic GPU: unoptimised tile loads, T = 4)
 ]
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -62,20 +66,35 @@ def _print_table():
     print("  " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
 
 
-def custom_calls(text):
-  """Counter of (target, kernel name) over the custom calls of a StableHLO module."""
+def custom_calls(text, targets=tuple(KERNEL_TARGETS.values())):
+  """Counter of (target, kernel name) over the kernels' custom calls in a module."""
   found = collections.Counter()
   for line in text.splitlines():
     m = re.search(r"stablehlo\.custom_call @([\w$.\-]+)\(", line)
-    if m:
-      name = re.search(r'\bname = "([\w.<>\-]+)"', line[m.end():])
-      found[(m.group(1), name.group(1) if name else "?")] += 1
+    if m and m.group(1) in targets:
+      found[(m.group(1), _kernel_name(line[m.end():]))] += 1
   return found
 
 
+def _kernel_name(call):
+  """Triton names its kernel in the call's config; a Mosaic GPU call is told apart by
+  its number of outputs (forward 3, backward 8)."""
+  name = re.search(r'\bname = "([\w.<>\-]+)"', call)
+  if name:
+    return name.group(1)
+  results = call.rsplit("->", 1)[-1]
+  return f"{results.count('tensor<')} outputs"
+
+
 def export_text(fn, args, platform="cuda"):
-  exp = jax.export.export(jax.jit(fn), platforms=[platform], disabled_checks=DISABLED)(*args)
-  return exp.mlir_module()
+  """StableHLO (with locations) of `fn` lowered for `platform`: a CUDA export, or for
+  the host a plain lowering (an export refuses the GPU interpreter's host callback)."""
+  if platform == "cuda":
+    exp = jax_export.export(jax.jit(fn), platforms=[platform], disabled_checks=DISABLED)(
+        *args)
+    return exp.mlir_module()
+  assert platform == jax.default_backend()
+  return jax.jit(fn).lower(*args).as_text(debug_info=True)
 
 
 def shapes_of(b, l, d, n, dtype):
@@ -117,10 +136,10 @@ def test_kernels_lower_for_cuda_with_tails(impl, dtype):
                      _describe(calls)))
       assert set(t for t, _ in calls) == {target}, calls
       assert sum(calls.values()) == (2 if grad else 1), calls
-      if impl == "pallas_triton":  # Triton names its kernel in the call's config
-        want = {"_forward_kernel": 1, "_backward_kernel": 1} if grad else \
-               {"_forward_kernel": 1}
-        assert {n: c for (_, n), c in calls.items()} == want, calls
+      fwd, bwd = (("_forward_kernel", "_backward_kernel") if impl == "pallas_triton"
+                  else ("3 outputs", "8 outputs"))
+      want = {fwd: 1, bwd: 1} if grad else {fwd: 1}
+      assert {n: c for (_, n), c in calls.items()} == want, calls
       assert INTERPRET_SCOPE not in text
       assert "stablehlo.while" not in text  # the interpreter's grid and step loops
 
@@ -128,10 +147,15 @@ def test_kernels_lower_for_cuda_with_tails(impl, dtype):
 @pytest.mark.parametrize("impl", FUSED)
 def test_the_same_function_lowered_for_cpu_is_interpreted(impl):
   """The positive control of the checks above: lowering for CPU keeps the interpreted
-  kernel (loops, the scope name) and no GPU custom call."""
+  kernel (the scope name; Triton's interpreter is loops, Mosaic GPU's runs in a host
+  callback) and no GPU kernel call."""
   text = export_text(scan_fn(impl, True), shapes_of(*SHAPES[0], jnp.float32), "cpu")
   assert not custom_calls(text)
-  assert INTERPRET_SCOPE in text and "stablehlo.while" in text
+  assert INTERPRET_SCOPE in text
+  if impl == "pallas_triton":
+    assert "stablehlo.while" in text
+  else:
+    assert "callback" in text  # the GPU interpreter in a host callback
 
 
 def test_auto_is_the_kernel_on_cuda_and_xla_elsewhere():
@@ -147,6 +171,35 @@ def test_auto_is_the_kernel_on_cuda_and_xla_elsewhere():
   assert not custom_calls(cpu) and INTERPRET_SCOPE not in cpu
   xla = export_text(scan_fn("xla", True), args, "cpu")
   assert cpu.count("stablehlo.while") == xla.count("stablehlo.while") > 0
+
+
+@pytest.fixture
+def only_kernels(monkeypatch):
+  """Pretend this JAX has only the given fused kernels (as after Triton's removal)."""
+  def restrict(*names):
+    monkeypatch.setattr(kscan, "_KERNELS", {k: v for k, v in kscan._KERNELS.items()
+                                            if k in names})
+    kscan.auto_kernel.cache_clear()
+  yield restrict
+  kscan.auto_kernel.cache_clear()
+
+
+@pytest.mark.skipif("pallas_mosaic" not in FUSED, reason="no Mosaic GPU kernel here")
+def test_auto_survives_the_removal_of_triton(only_kernels):
+  only_kernels("pallas_mosaic")
+  assert kscan.auto_kernel() == "pallas_mosaic"
+  calls = custom_calls(export_text(scan_fn("auto", True), shapes_of(*SHAPES[0], jnp.float32)))
+  assert calls == {("mosaic_gpu_v2", "3 outputs"): 1, ("mosaic_gpu_v2", "8 outputs"): 1}, calls
+
+
+def test_auto_without_a_kernel_warns_once_and_is_xla(only_kernels, caplog):
+  only_kernels()
+  with caplog.at_level(logging.WARNING, logger="kernels.scan"):
+    text = export_text(scan_fn("auto", True), shapes_of(*SHAPES[0], jnp.float32))
+    export_text(scan_fn("auto", False), shapes_of(*SHAPES[0], jnp.float32))
+  assert not custom_calls(text) and INTERPRET_SCOPE not in text
+  warnings = [r for r in caplog.records if "no fused kernel is usable" in r.getMessage()]
+  assert len(warnings) == 1, caplog.text
 
 
 def test_pallas_is_an_alias_of_pallas_triton():
@@ -178,68 +231,77 @@ def test_selective_state_update_lowers_for_cuda(dtype):
 _TRAIN_STEP_SCRIPT = r"""
 import collections, json, re, sys, time
 import jax, jax.numpy as jnp
+from jax import export as jax_export
 from jax.sharding import NamedSharding, PartitionSpec as P
 from configs import default
 from mambaswelu_jax import train
 
-impl, accum, micro = sys.argv[1], 2, 1
-config = default.get_config()
-config.model.scan_impl = impl
-devices = jax.devices()[:2]
-mesh = train.make_mesh(devices)
-seq = config.data.seq_len
-boxed = []
+def export_step(impl, accum=2, micro=1):
+  config = default.get_config()
+  config.model.scan_impl = impl
+  return export_config(config, accum, micro)
 
-def build():
-  parts, state, rest = train.create_train_state(config, mesh)
-  boxed.append(parts)
-  return state, rest
+def export_config(config, accum, micro):
+  devices = jax.devices()[:2]
+  mesh = train.make_mesh(devices)
+  seq = config.data.seq_len
+  boxed = []
 
-t0 = time.time()
-state, rest = jax.eval_shape(build)
-step = train.make_train_step(mesh, boxed[0], accum)
-rows = len(devices) * accum * micro
-tokens = jax.ShapeDtypeStruct((rows, seq), jnp.int32,
-                              sharding=NamedSharding(mesh, P(train.DATA_AXIS)))
-replicated = lambda t: jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P())), t)
-lr = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
-disabled = [jax.export.DisabledSafetyCheck.custom_call(t) for t in sys.argv[2:]]
-exp = jax.export.export(step.jitted, platforms=["cuda"], disabled_checks=disabled)(
-    replicated(state), {"inputs": tokens, "targets": tokens}, replicated(rest), lr)
-text = exp.mlir_module()
-calls = collections.Counter()
-for line in text.splitlines():
-  m = re.search(r"stablehlo\.custom_call @([\w$.\-]+)\(", line)
-  if m:
-    n = re.search(r'\bname = "([\w.<>\-]+)"', line[m.end():])
-    calls[m.group(1) + ":" + (n.group(1) if n else "?")] += 1
-print(json.dumps({"calls": calls, "nr_devices": exp.nr_devices,
-                  "n_layers": config.model.n_layers, "seq_len": seq, "rows": rows,
-                  "interpreted": text.count("PALLAS_INTERPRET"),
-                  "while": text.count("stablehlo.while"), "seconds": time.time() - t0}))
+  def build():
+    parts, state, rest = train.create_train_state(config, mesh)
+    boxed.append(parts)
+    return state, rest
+
+  t0 = time.time()
+  state, rest = jax.eval_shape(build)
+  step = train.make_train_step(mesh, boxed[0], accum)
+  rows = len(devices) * accum * micro
+  tokens = jax.ShapeDtypeStruct((rows, seq), jnp.int32,
+                                sharding=NamedSharding(mesh, P(train.DATA_AXIS)))
+  replicated = lambda t: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P())), t)
+  lr = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
+  disabled = [jax_export.DisabledSafetyCheck.custom_call(t) for t in sys.argv[2:]]
+  exp = jax_export.export(step.jitted, platforms=["cuda"], disabled_checks=disabled)(
+      replicated(state), {"inputs": tokens, "targets": tokens}, replicated(rest), lr)
+  text = exp.mlir_module()
+  calls = collections.Counter()
+  for line in text.splitlines():
+    m = re.search(r"stablehlo\.custom_call @([\w$.\-]+)\(", line)
+    if m:
+      n = re.search(r'\bname = "([\w.<>\-]+)"', line[m.end():])
+      n = n.group(1) if n else f"{line.rsplit('->', 1)[-1].count('tensor<')} outputs"
+      calls[m.group(1) + ":" + n] += 1
+  return {"impl": config.model.scan_impl, "calls": calls, "nr_devices": exp.nr_devices,
+          "n_layers": config.model.n_layers, "seq_len": seq,
+          "interpreted": text.count("PALLAS_INTERPRET"), "seconds": time.time() - t0}
+print(json.dumps([export_step(impl) for impl in sys.argv[1].split(",")]))
 """.replace("PALLAS_INTERPRET", INTERPRET_SCOPE)
 
 
-def test_study_model_train_step_lowers_for_cuda_with_the_kernel():
+def test_study_model_train_step_lowers_for_cuda_with_the_kernels():
+  """configs/default.py's model (6 Mamba blocks; scan_impl "auto", and each other fused
+  kernel by name): one forward and one backward kernel call per block."""
+  impls = ["auto"] + [k for k in FUSED if k != kscan.auto_kernel()]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  r = subprocess.run([sys.executable, "-c", _TRAIN_STEP_SCRIPT, "auto",
+  r = subprocess.run([sys.executable, "-c", _TRAIN_STEP_SCRIPT, ",".join(impls),
                       *KERNEL_TARGETS.values()],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-4000:]
-  out = json.loads(r.stdout.strip().splitlines()[-1])
-  kernel = kscan.auto_kernel()
-  target = KERNEL_TARGETS[kernel]
-  calls = out["calls"]
-  _TABLE.append((f"train step (auto = {kernel})", "bf16 matmuls, f32 scan",
-                 f"2 devices x accum 2 x (1, {out['seq_len']})", "train_step",
-                 ", ".join(f"{k} x{v}" for k, v in sorted(calls.items()))))
-  assert out["nr_devices"] == 2
-  layers = out["n_layers"]
-  assert sum(calls.values()) == 2 * layers and all(k.startswith(target + ":")
-                                                    for k in calls), calls
-  if kernel == "pallas_triton":
-    assert calls == {f"{target}:_forward_kernel": layers,
-                     f"{target}:_backward_kernel": layers}, calls
-  assert out["interpreted"] == 0
+  for out in json.loads(r.stdout.strip().splitlines()[-1]):
+    kernel = kscan.auto_kernel() if out["impl"] == "auto" else out["impl"]
+    target = KERNEL_TARGETS[kernel]
+    calls = {k: v for k, v in out["calls"].items()
+             if k.split(":")[0] in KERNEL_TARGETS.values()}
+    _TABLE.append((f"train step ({out['impl']} = {kernel})", "bf16 matmuls, f32 scan",
+                   f"2 dev x accum 2 x (1, {out['seq_len']})", "train_step",
+                   ", ".join(f"{k} x{v}" for k, v in sorted(calls.items()))))
+    assert out["nr_devices"] == 2
+    layers = out["n_layers"]
+    assert sum(calls.values()) == 2 * layers and all(k.startswith(target + ":")
+                                                      for k in calls), calls
+    fwd, bwd = (("_forward_kernel", "_backward_kernel") if kernel == "pallas_triton"
+                else ("3 outputs", "8 outputs"))
+    assert calls == {f"{target}:{fwd}": layers, f"{target}:{bwd}": layers}, calls
+    assert out["interpreted"] == 0

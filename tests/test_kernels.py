@@ -119,8 +119,18 @@ CASES = [pytest.param(shape, OPTIONS[(i + j) % len(OPTIONS)],
          for i, shape in enumerate(SHAPES) for j in (0, 2)]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("shape, options", CASES)
+# The Mosaic GPU kernel runs in the GPU interpreter here (~15 s a case on 2 cores): the
+# default suite takes the cases with every kind of tail, `-m slow` the rest.
+_MOSAIC_FAST = {"2x1x5x3-Dzbiassoftplus", "1x7x12x16-plain", "2x17x5x3-Dzbiassoftplus",
+                "2x17x5x3-Dbias"}
+IMPL_CASES = [
+    pytest.param(impl, *case.values, id=f"{impl}-{case.id}",
+                 marks=[pytest.mark.slow] if impl == "pallas_mosaic" and
+                 case.id not in _MOSAIC_FAST else [])
+    for impl in IMPLS for case in CASES]
+
+
+@pytest.mark.parametrize("impl, shape, options", IMPL_CASES)
 def test_float32_outputs_and_gradients_match_float64_reference(impl, shape, options):
   D, z, bias, sp = options
   rng = np.random.default_rng(abs(hash((shape, options))) % 2**32)

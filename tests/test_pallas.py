@@ -1,21 +1,24 @@
 """The Pallas kernels in interpret mode: several channel blocks, and invariant 2 (grid
-programs are independent: running them in the opposite order changes no bit)."""
+programs are independent: running them in the opposite order changes no bit). Both
+fused kernels: Triton (kernels/pallas_scan.py) and Mosaic GPU
+(kernels/pallas_mosaic_scan.py, in the GPU interpreter)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kernels.pallas_mosaic_scan import mosaic_selective_scan
 from kernels.pallas_scan import pallas_selective_scan
 from tests.test_kernels import NAMES, close, make_inputs, run
 
 
-def value_and_grads(inputs, **kw):
+def value_and_grads(inputs, kernel=pallas_selective_scan, **kw):
   names = [k for k in NAMES if inputs[k] is not None]
 
   def loss(*xs):
     args = dict(zip(names, xs))
-    y, h = pallas_selective_scan(
+    y, h = kernel(
         args.pop("u"), args.pop("delta"), args.pop("A"), args.pop("B"), args.pop("C"),
         **args, delta_softplus=True, chunk_size=8, **kw)
     w = jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape)
@@ -26,10 +29,14 @@ def value_and_grads(inputs, **kw):
   return y, h, dict(zip(names, g))
 
 
-@pytest.mark.parametrize("block_d", [4, 8])
-def test_several_channel_blocks_with_a_masked_tail_match_the_reference(block_d):
-  x = make_inputs(np.random.default_rng(11), 2, 21, 13, 5)  # 13 channels, 5 states
-  y, h, g = value_and_grads(x, block_d=block_d)
+@pytest.mark.parametrize("kernel, channels, kw", [
+    (pallas_selective_scan, 13, dict(block_d=4)),   # 13 channels, 5 states
+    (pallas_selective_scan, 13, dict(block_d=8)),
+    (mosaic_selective_scan, 70, dict(interpret=True)),  # 64 + a tail of 6, padded
+], ids=["triton-block4", "triton-block8", "mosaic-block64"])
+def test_several_channel_blocks_with_a_masked_tail_match_the_reference(kernel, channels, kw):
+  x = make_inputs(np.random.default_rng(11), 2, 21, channels, 5)
+  y, h, g = value_and_grads(x, kernel, **kw)
   with jax.enable_x64(True):
     x64 = {k: v.astype(np.float64) for k, v in x.items()}
     names = list(x64)
@@ -52,10 +59,14 @@ def test_several_channel_blocks_with_a_masked_tail_match_the_reference(block_d):
     close(g[name], g_ref[i], 1e-4, f"d/d{name}")
 
 
-def test_result_does_not_depend_on_the_order_programs_run_in():
-  x = make_inputs(np.random.default_rng(12), 3, 19, 12, 4)
-  forward = value_and_grads(x, block_d=4)               # 3 x 3 programs
-  backward = value_and_grads(x, block_d=4, reverse_programs=True)
+@pytest.mark.parametrize("kernel, shape, kw", [
+    (pallas_selective_scan, (3, 19, 12, 4), dict(block_d=4)),   # 3 x 3 programs
+    (mosaic_selective_scan, (2, 11, 128, 4), dict(interpret=True)),  # 2 x 2 programs
+], ids=["triton", "mosaic"])
+def test_result_does_not_depend_on_the_order_programs_run_in(kernel, shape, kw):
+  x = make_inputs(np.random.default_rng(12), *shape)
+  forward = value_and_grads(x, kernel, **kw)
+  backward = value_and_grads(x, kernel, **kw, reverse_programs=True)
   np.testing.assert_array_equal(forward[0], backward[0])
   np.testing.assert_array_equal(forward[1], backward[1])
   for name in forward[2]:
@@ -69,3 +80,10 @@ def test_float64_inputs_compute_in_float64():
     y_ref, h_ref, _ = run("reference", x, True)
     assert y.dtype == jnp.float64 and h.dtype == jnp.float64
     close(y, y_ref, 1e-12, "y")
+
+
+def test_mosaic_refuses_float64():
+  with jax.enable_x64(True):
+    x = make_inputs(np.random.default_rng(14), 1, 4, 3, 2, dtype=np.float64)
+    with pytest.raises(ValueError, match="float32"):
+      mosaic_selective_scan(*(jnp.asarray(x[k]) for k in NAMES), True)
