@@ -282,11 +282,12 @@ def _shapes_by_path(tree) -> dict[tuple, tuple]:
 def check_state_matches(workdir: str, abstract_state: Any) -> None:
   """Refuses (WorkdirConfigMismatch, nothing written) when the stored checkpoints hold a
   state of another structure, shape or dtype than `abstract_state`: such a config
-  change cannot resume, with or without checkpoint.allow_config_change. A step whose
-  metadata cannot be read is left to `Checkpoints.restore_latest` (a damaged
-  checkpoint, moved aside there)."""
+  change cannot resume, with or without checkpoint.allow_config_change. One step that
+  fits is enough: a step whose metadata cannot be read or differs while another fits is
+  damage, left to `Checkpoints.restore_latest` (which moves it aside)."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   want = _shapes_by_path(abstract_state)
+  mismatch = None  # (where, stored shapes) of the newest readable step that differs
   for step in reversed(checkpoint_steps(workdir)):
     where = os.path.join(workdir, CHECKPOINTS_DIR, str(step))
     try:
@@ -294,25 +295,31 @@ def check_state_matches(workdir: str, abstract_state: Any) -> None:
       have = _shapes_by_path(getattr(stored, "item_metadata", stored))
     except Exception:  # pylint: disable=broad-except
       continue
+    if not have:  # metadata files missing: nothing to compare
+      continue
     if have == want:
       return
-    # The params first (the optimizer's moments mirror them), then the rest.
-    order = lambda p: (p[0] != "params", p)  # pylint: disable=unnecessary-lambda-assignment
-    diffs = [f"{'/'.join(p)}: stored {have[p][0]} {have[p][1]}, this config {want[p][0]} "
-             f"{want[p][1]}" for p in sorted(set(have) & set(want), key=order)
-             if have[p] != want[p]]
-    diffs += [f"{'/'.join(p)}: stored, not in this config's model"
-              for p in sorted(set(have) - set(want), key=order)]
-    diffs += [f"{'/'.join(p)}: in this config's model, not stored"
-              for p in sorted(set(want) - set(have), key=order)]
-    shown = "\n  ".join(diffs[:8]) + (f"\n  ... and {len(diffs) - 8} more" if len(diffs) > 8
-                                      else "")
-    raise WorkdirConfigMismatch(
-        f"the checkpoints in {where} do not fit this config's model ({len(diffs)} "
-        f"array(s) differ):\n  {shown}\nA model of another shape cannot resume this run, "
-        f"even with checkpoint.allow_config_change (it covers changes the checkpoints "
-        f"restore into: learning rate, steps, data location, logging). Use a new "
-        f"--workdir, or drop the --config.model.* overrides. Nothing was written.")
+    mismatch = mismatch or (where, have)
+  if mismatch is None:
+    return
+  where, have = mismatch
+  # The params first (the optimizer's moments mirror them), then the rest.
+  order = lambda p: (p[0] != "params", p)  # pylint: disable=unnecessary-lambda-assignment
+  diffs = [f"{'/'.join(p)}: stored {have[p][0]} {have[p][1]}, this config {want[p][0]} "
+           f"{want[p][1]}" for p in sorted(set(have) & set(want), key=order)
+           if have[p] != want[p]]
+  diffs += [f"{'/'.join(p)}: stored, not in this config's model"
+            for p in sorted(set(have) - set(want), key=order)]
+  diffs += [f"{'/'.join(p)}: in this config's model, not stored"
+            for p in sorted(set(want) - set(have), key=order)]
+  shown = "\n  ".join(diffs[:8]) + (f"\n  ... and {len(diffs) - 8} more" if len(diffs) > 8
+                                    else "")
+  raise WorkdirConfigMismatch(
+      f"the checkpoints in {where} do not fit this config's model ({len(diffs)} "
+      f"array(s) differ):\n  {shown}\nA model of another shape cannot resume this run, "
+      f"even with checkpoint.allow_config_change (it covers changes the checkpoints "
+      f"restore into: learning rate, steps, data location, logging). Use a new "
+      f"--workdir, or drop the --config.model.* overrides. Nothing was written.")
 
 
 # ----------------------------------------------------------------------------
