@@ -34,6 +34,7 @@ def model_config() -> ml_collections.ConfigDict:
   m.scan_chunk = 16             # steps between the states the backward keeps
   m.compute_dtype = "bfloat16"  # matmuls; the scan, norms and SWELU stay in float32
   m.param_dtype = "float32"
+  m.remat = False               # recompute each block's activations in the backward (less memory)
   # The architecture: the MambaSWELU model above, or a same-framework Transformer
   # baseline (models/transformer.py; it reads d_model, n_layers, vocab_size, norm,
   # norm_eps, learned_positions (else rotary), max_len (also its KV-cache length),
@@ -98,6 +99,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.nonfinite_lr_factor = 0.5      # learning-rate scale applied at each reload
   config.train.max_nonfinite_reloads = 5      # then stop with exit status 4 (diverged)
   config.train.data_order_log = True   # DIR/data_order.jsonl: a hash of each step's batch
+  # Out-of-memory pre-flight (mambaswelu_jax/memory_check.py): before step 1 the train
+  # step is compiled and its memory compared with the device's; a step that does not fit
+  # stops the run (exit status 2) naming the micro-batch (or model.remat) that fits.
+  config.train.memory_check = True
+  config.train.memory_limit_bytes = 0  # per device; 0: the device's own (CPU: host memory / devices)
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 5000  # full state (params, optimizer, data iterator)

@@ -33,8 +33,11 @@ RESUMABLE_CHANGES = (
     "train.nonfinite_lr_factor",
     "train.max_nonfinite_reloads",
     "train.data_order_log",
+    "train.memory_check",
+    "train.memory_limit_bytes",
     "model.scan_impl",
     "model.scan_chunk",
+    "model.remat",
     "checkpoint.*",
     "eval.*",
 )
@@ -195,6 +198,9 @@ def check_values(config: ml_collections.ConfigDict) -> None:
              t.nonfinite_lr_factor, "it must lie in (0, 1]")
     _require(t.max_nonfinite_reloads >= 0, "train.max_nonfinite_reloads",
              t.max_nonfinite_reloads, "it must be >= 0")
+  if "memory_limit_bytes" in t:
+    _require(t.memory_limit_bytes >= 0, "train.memory_limit_bytes", t.memory_limit_bytes,
+             "it must be >= 0 (bytes per device; 0: the device's own memory)")
   _require(c.every_steps > 0, "checkpoint.every_steps", c.every_steps, "it must be > 0")
   _require(c.max_to_keep >= 1, "checkpoint.max_to_keep", c.max_to_keep, "keep at least 1")
   _require(c.snapshot_every_steps >= 0, "checkpoint.snapshot_every_steps",

@@ -2,7 +2,11 @@
 
   python -m mambaswelu_jax.summary --config=configs/slimpajama_chinchilla.py
 
-The last line is `total_parameters: N`.
+The last line is `total_parameters: N`. With --memory it first prints the compiled
+per-device memory of the train step on this backend (mambaswelu_jax/memory_check.py):
+for the configured train.micro_batch_per_device and each smaller one the trainer's
+out-of-memory pre-flight would try, without and (unless --nomemory_remat) with
+model.remat, against the available memory. This compiles the step once per row.
 """
 
 import collections
@@ -10,6 +14,7 @@ import math
 
 import jax
 from absl import app
+from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
@@ -18,6 +23,10 @@ from mambaswelu_jax.models.flops import flops_per_token
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.",
                                           lock_config=True)
+_MEMORY = flags.DEFINE_bool("memory", False, "Also compile the train step and print its "
+                            "per-device memory for each micro-batch size.")
+_MEMORY_REMAT = flags.DEFINE_bool("memory_remat", True, "With --memory: rows with "
+                                  "model.remat=True as well.")
 
 # Leaf name -> component, for the per-component table.
 _COMPONENTS = {
@@ -75,6 +84,10 @@ def main(argv):
   del argv
   if _CONFIG.value is None:
     raise app.UsageError("--config=configs/X.py is required.")
+  if _MEMORY.value:
+    from mambaswelu_jax import memory_check  # pylint: disable=import-outside-toplevel
+    remat = (False, True) if _MEMORY_REMAT.value else (False,)
+    print("\n".join(memory_check.measure_table(_CONFIG.value, remat=remat)), flush=True)
   print("\n".join(summarize(_CONFIG.value)))
 
 

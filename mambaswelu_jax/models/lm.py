@@ -17,6 +17,12 @@ from mambaswelu_jax.models.swelu import make_activation
 _embed_init = nnx.initializers.normal(0.02)
 
 
+@nnx.remat
+def _remat_block(block, x):
+  """block(x) whose activations the backward pass recomputes instead of keeping."""
+  return block(x)
+
+
 class DenseStack(nnx.Module):
   """Three dense layers d -> h -> h -> d, each followed by its own activation site."""
 
@@ -43,11 +49,20 @@ class TiedEmbeddingLM(nnx.Module):
     self.cfg = cfg
     pdt = jnp.dtype(cfg.param_dtype)
     self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+    self.remat = bool(cfg.get("remat", False))  # recompute block activations in the backward
     self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.float32,
                            param_dtype=pdt, embedding_init=_embed_init, rngs=rngs)
     self.positions = (nnx.Embed(cfg.max_len, cfg.d_model, dtype=jnp.float32,
                                 param_dtype=pdt, embedding_init=_embed_init, rngs=rngs)
                       if cfg.learned_positions else None)
+
+  def _blocks(self, x):
+    """The residual stream through every block. With model.remat each block keeps only
+    its input for the backward pass and recomputes the rest there (the same numbers,
+    about one more forward of the blocks, far less activation memory)."""
+    for block in self.blocks:
+      x = _remat_block(block, x) if self.remat else block(x)
+    return x
 
   def _embed(self, tokens, positions):
     x = self.embed(tokens)
@@ -80,9 +95,7 @@ class MambaLM(TiedEmbeddingLM):
       raise ValueError(f"MambaLM: sequence length {length} exceeds model.max_len="
                        f"{self.cfg.max_len} of the learned position table.")
     x = self._embed(tokens, jnp.arange(length)[None])
-    for block in self.blocks:
-      x = block(x)
-    return self._logits(x)
+    return self._logits(self._blocks(x))
 
   # Recurrent decoding: constant work per token.
 

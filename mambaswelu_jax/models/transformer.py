@@ -158,9 +158,7 @@ class TransformerLM(TiedEmbeddingLM):
       raise ValueError(f"TransformerLM: sequence length {length} exceeds model.max_len="
                        f"{self.cfg.max_len}.")
     x = self._embed(tokens, jnp.arange(length)[None])
-    for block in self.blocks:
-      x = block(x)
-    return self._logits(x)
+    return self._logits(self._blocks(x))
 
   def init_cache(self, batch_size: int):
     shape = (batch_size, self.cfg.max_len, self.cfg.n_heads,
