@@ -438,6 +438,8 @@ def _run(config, workdir, devices, accum, num_steps, resumed_workdir, is_main,
   parts, state, rest = create_train_state(config, mesh)
   log.info("model: %s parameters", f"{parts.num_params:,}")
   train_step_fn = make_train_step(mesh, parts, accum)
+  from mambaswelu_jax import memory_check  # pylint: disable=import-outside-toplevel
+  memory_check.preflight(config, mesh, parts, state, rest, train_step_fn)  # OOM: exit 2
   eval_step_fn = make_eval_step(mesh, parts)
   schedule = make_schedule(tc, num_steps)
 
