@@ -349,6 +349,41 @@ def continuation_logprobs(params, inputs, targets, rest, *, graphdef):
   return picked, jnp.argmax(logits, -1) == targets
 
 
+def recurrent_logprobs(params, rest, cache, inputs, targets, *, graphdef):
+  """continuation_logprobs one token at a time through the model's recurrent state:
+  (cache after the piece, log p (b, T), greedy (b, T)) for inputs that continue `cache`.
+  Memory does not grow with the length; the numbers are the forward pass's."""
+  def step(cache, xs):
+    token, target = xs
+    logits, cache = nnx.merge(graphdef, params, rest).decode_step(token, cache)
+    logits = logits.astype(jnp.float32)
+    picked = (jnp.take_along_axis(logits, target[:, None], -1)[:, 0]
+              - jax.nn.logsumexp(logits, -1))
+    return cache, (picked, jnp.argmax(logits, -1) == target)
+  cache, (picked, greedy) = jax.lax.scan(step, cache, (inputs.T, targets.T))
+  return cache, picked.T, greedy.T
+
+
+def _score_recurrent(run: Run, seq: Sequence[int], n: int, piece: int) -> tuple[float, bool]:
+  """One sequence longer than one forward pass may take: pieces of `piece` tokens, each
+  continuing the recurrent state of the one before (every token sees its whole past)."""
+  fn = _cached("recurrent_scorer", run, lambda: jax.jit(
+      functools.partial(recurrent_logprobs, graphdef=run.graphdef)), piece)
+  length = len(seq) - 1
+  inputs = np.zeros((1, -(-length // piece) * piece), np.int32)
+  targets = np.zeros_like(inputs)
+  inputs[0, :length], targets[0, :length] = seq[:-1], seq[1:]
+  cache = run.model.init_cache(1)
+  logp, greedy = [], []
+  for start in range(0, inputs.shape[1], piece):
+    cache, lp, gr = fn(run.params, run.rest, cache, inputs[:, start:start + piece],
+                       targets[:, start:start + piece])
+    logp.append(np.asarray(lp[0]))
+    greedy.append(np.asarray(gr[0]))
+  logp, greedy = np.concatenate(logp)[length - n:length], np.concatenate(greedy)[length - n:length]
+  return float(np.sum(logp, dtype=np.float64)), bool(np.all(greedy))
+
+
 def make_scorer(run: Run):
   """jit(shard_map(continuation_logprobs)): rows split over the run's devices; it compiles
   once per (rows, length) shape and is shared by runs of one model config."""
@@ -360,9 +395,15 @@ def make_scorer(run: Run):
   return _cached("scorer", run, build)
 
 
+# The longest input one forward pass scores (logits of this many tokens: 3.3 GB at a
+# 50k vocabulary); a model without a position limit scores longer ones in pieces through
+# its recurrent state (`recurrent_logprobs`).
+LONGEST_FORWARD = 16384
+
+
 def score_sequences(run: Run, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
                     batch_size: int = 16, max_length: int = 0, scorer=None,
-                    progress=None) -> list[tuple[float, bool]]:
+                    progress=None, longest_forward: int = 0) -> list[tuple[float, bool]]:
   """Σ log p(continuation | context) and whether greedy decoding gives the continuation.
 
   requests: (context ids, continuation ids); the context must be non-empty (start it
@@ -379,7 +420,10 @@ def score_sequences(run: Run, requests: Sequence[tuple[Sequence[int], Sequence[i
   rows (rounded up to a multiple of the device count) up to the training length's bucket
   and fewer, longer rows past it: at most batch_size x bucket(seq_len) tokens per batch,
   and at least one row per device, so memory stays what training-length batches take
-  until a single request is longer than that.
+  until a single request is longer than that. A request longer than `longest_forward`
+  (default LONGEST_FORWARD) tokens, which only a model without a position limit gets,
+  is scored token by token through the recurrent state, in pieces of that many, with
+  constant memory and the same numbers.
   """
   limit = scoring_limit(run, max_length)
   n_dev = len(run.mesh.devices.reshape(-1))
@@ -395,13 +439,18 @@ def score_sequences(run: Run, requests: Sequence[tuple[Sequence[int], Sequence[i
     seq, n, _ = fit_request(ctx, cont, limit)
     rows.append((i, seq, n))
   results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
-  order = sorted(rows, key=lambda r: -len(r[1]))
+  longest = int(longest_forward or LONGEST_FORWARD)
+  for i, seq, n in rows:
+    if limit is None and len(seq) - 1 > longest:
+      results[i] = _score_recurrent(run, seq, n, longest)
+      if progress is not None:
+        progress(1)
+  order = sorted((r for r in rows if limit is not None or len(r[1]) - 1 <= longest),
+                 key=lambda r: -len(r[1]))
   row_sharding = NamedSharding(run.mesh, P(DATA_AXIS))
   start = 0
   while start < len(order):
-    length = _bucket(len(order[start][1]) - 1)
-    if limit:
-      length = min(length, limit)
+    length = min(_bucket(len(order[start][1]) - 1), limit or longest)
     n_rows = max(n_dev, min(batch_size, budget // length) // n_dev * n_dev)
     chunk = order[start:start + n_rows]
     start += len(chunk)
@@ -419,8 +468,8 @@ def score_sequences(run: Run, requests: Sequence[tuple[Sequence[int], Sequence[i
                     bool(np.all(greedy[j, end - n:end])))
     if progress is not None:
       progress(len(chunk))
-  if progress is not None and len(order) < len(requests):
-    progress(len(requests) - len(order))   # empty continuations: nothing to score
+  if progress is not None and len(rows) < len(requests):
+    progress(len(requests) - len(rows))   # empty continuations: nothing to score
   return results
 
 

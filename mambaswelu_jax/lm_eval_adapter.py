@@ -19,10 +19,12 @@ tokens read at once; default none beyond the model's own limit), max_gen_toks (d
 
 Requests are scored whole. The selective SSM has no length limit (its recurrent state
 carries any past), so its contexts and continuations are never cut, whatever the
-training length was. The Transformer has model.max_len positions: a longer request
-keeps its continuation and the context nearest to it (lm-eval's leftmost cut). Every
-cut, there or under a max_length cap, is counted (`truncation`, per task), reported in a
-warning line when scoring ends, and stored with the task's results by `run_benchmarks`.
+training length was (one forward pass per request; past eval.LONGEST_FORWARD tokens,
+pieces that carry the recurrent state, in constant memory). The Transformer has
+model.max_len positions: a longer request keeps its continuation and the context
+nearest to it (lm-eval's leftmost cut). Every cut, there or under a max_length cap, is
+counted (`truncation`, per task), reported in a warning line when scoring ends, and
+stored with the task's results by `run_benchmarks`.
 
 The model sees text as in training: EOS (the document separator) stands in front of
 every request, as `prefix_token_id`. It implements

@@ -37,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Made-up text far longer than the runs' training length (32 tokens) and, whole, than the
 # Transformer's model.max_len (1024 positions).
 LONG_TEXT = "".join(f"Return the value of item {i} to the caller, then close file {i % 7}. "
-                    for i in range(160))
+                    for i in range(64))
 LAMBADA = [
     {"text": "The cat sat on the mat and looked at the door. Then the cat"},
     {"text": "def add(a, b):\n    return a + b\n\nprint(add(1, 2)) returns three"},
@@ -283,7 +283,7 @@ def test_loglikelihood_rolling(run, lm):
 
 
 def _long_requests(tok, seq_len):
-  """A context of ~1,800 tokens before a continuation of ~90, and a short context before a
+  """A context of ~1,900 tokens before a continuation of ~120, and a short context before a
   ~1,100-token continuation: both continuations are longer than the training length."""
   ctx_a = LONG_TEXT + "Now the caller"
   cont_a = " returns " + " and ".join(f"item {i}" for i in range(30))
@@ -300,7 +300,7 @@ def _long_requests(tok, seq_len):
 
 
 def test_long_requests_are_scored_whole_or_cut_and_counted(run, lm, caplog):
-  """The MambaSWELU run scores a request of ~1,900 tokens (training length 32) exactly as
+  """The MambaSWELU run scores a request of ~2,000 tokens (training length 32) exactly as
   one forward pass over all of it; the Transformer keeps the last model.max_len + 1 ids of
   a longer request, says so, and counts every token it cut."""
   tok = run.tokenizer
@@ -333,6 +333,14 @@ def test_long_requests_are_scored_whole_or_cut_and_counted(run, lm, caplog):
   else:   # nothing cut, nothing said
     assert run.max_length is None and model.max_length is None
     assert cut == 0 and counts["truncated"] == 0 and counts["requests"] == 2 and not warned
+    # Past the longest single forward pass (shrunk here to 512 tokens) the same numbers
+    # come through the recurrent state, piece after piece.
+    pieces = eval_lib.score_sequences(run, [(ids[:-n], ids[-n:]) for _, _, ids, n in reqs],
+                                      longest_forward=512)
+    for (_, _, ids, _), (whole, greedy), (logp, want_greedy) in zip(reqs, out, pieces):
+      assert len(ids) > 2 * 512
+      np.testing.assert_allclose(logp, whole, rtol=1e-5, atol=1e-3)
+      assert greedy == want_greedy
   # An explicit cap (the max_length model arg) cuts and counts on either run.
   cap = 64
   capped = lm_eval_adapter.model_class()(run=run, batch_size=4, max_length=cap)
