@@ -46,7 +46,7 @@ RESUMABLE_CHANGES = (
 _CHOICES = {
     "model.compute_dtype": ("bfloat16", "float32", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
-    "model.scan_impl": ("auto", "xla", "reference", "pallas"),
+    "model.scan_impl": ("auto", "xla", "reference", "pallas", "pallas_triton", "pallas_mosaic"),
     "model.activation": ("swelu", "silu"),
     "model.mixer": ("selective", "gated_conv"),
     "model.norm": ("layernorm", "rmsnorm"),
