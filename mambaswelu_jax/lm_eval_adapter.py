@@ -163,7 +163,7 @@ def _make_class():
           t["rolling_windows"] += windows + 1 if windows else 0
       warning = eval_lib.truncation_warning(f"{MODEL_NAME} {kind}", call)
       if warning:
-        log.warning(warning)
+        log.warning(warning.removeprefix("warning: "))
 
     # --- Scoring.
 
@@ -373,7 +373,7 @@ def run_benchmarks(run, tasks: list[str], *, limit: int | None = None, batch_siz
           task, _zero_truncation(lm.max_length, lm.limited_by)))
       warning = eval_lib.truncation_warning(task, clean["truncation"])
       if warning:
-        log.warning(warning)
+        log.warning(warning.removeprefix("warning: "))
     results[task] = clean
   return results
 

@@ -327,7 +327,7 @@ def test_long_requests_are_scored_whole_or_cut_and_counted(run, lm, caplog):
     assert counts == {"max_length": max_len, "limited_by": "model.max_len", "requests": 2,
                       "truncated": 2, "tokens_cut": cut, "continuation_tokens_cut": cont_cut,
                       "rolling_windows": 0}
-    assert warned == [f"warning: mambaswelu loglikelihood: 2 of 2 requests truncated at "
+    assert warned == [f"mambaswelu loglikelihood: 2 of 2 requests truncated at "
                       f"{max_len} tokens (model.max_len): {cut:,} tokens cut, {cont_cut:,} of "
                       f"them continuation tokens (not scored)"]
   else:   # nothing cut, nothing said
