@@ -8,9 +8,9 @@ and evaluation throughput.
 Both decoders are compiled once before timing (compilation excluded) and run greedy
 from random-init parameters (speed does not depend on the weights):
 
-  recurrent   `generate.generate_tokens`: the prompt through `decode_step`, then one
+  recurrent   `sampler.generate_tokens`: the prompt through `decode_step`, then one
               `decode_step` per new token inside a `lax.scan` (constant work per token).
-  reforward   `generate.reforward_tokens`: what the original project did, the full
+  reforward   `sampler.reforward_tokens`: what the original project did, the full
               forward over the whole sequence for every new token. To be fair to it the
               sequence buffer grows in power-of-two buckets (each bucket compiled
               before timing), so a step costs a forward over at most twice its length,
@@ -25,24 +25,23 @@ compilation.
 import functools
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ml_collections import config_flags
 
-import jax  # pylint: disable=wrong-import-position
-import jax.numpy as jnp  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
-from absl import app, flags  # pylint: disable=wrong-import-position
-from flax import nnx  # pylint: disable=wrong-import-position
-from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=wrong-import-position
-from ml_collections import config_flags  # pylint: disable=wrong-import-position
+from mambaswelu_jax import eval as eval_lib
+from mambaswelu_jax import sampler
+from mambaswelu_jax.mesh import make_mesh, to_global
+from mambaswelu_jax.models import build_model, count_parameters
+from study_lib.checkout import import_from_checkout
 
-from mambaswelu_jax import eval as eval_lib  # pylint: disable=wrong-import-position
-from mambaswelu_jax import generate as gen  # pylint: disable=wrong-import-position
-from mambaswelu_jax import train  # pylint: disable=wrong-import-position
-from mambaswelu_jax.models import build_model, count_parameters  # pylint: disable=wrong-import-position
-
+import_from_checkout("configs")  # the config files import configs.common and configs.default
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Run config.")
 _NEW = flags.DEFINE_list("new_tokens", ["256", "1024"], "New tokens per measurement.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Sequences decoded together.")
@@ -63,7 +62,7 @@ def _best(fn, repeats):
 
 def random_run(config):
   """An eval.Run with random-init parameters (no workdir)."""
-  mesh = train.make_mesh(jax.local_devices()[:1])
+  mesh = make_mesh(jax.local_devices()[:1])
   model = build_model(config.model, nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   params, rest = jax.device_put((params, rest), NamedSharding(mesh, P()))
@@ -75,7 +74,7 @@ def bench_recurrent(run, prompt, new, repeats):
   args = (run.params, run.rest, jnp.asarray(prompt),
           jnp.full((prompt.shape[0],), prompt.shape[1], jnp.int32), jax.random.key(0),
           jnp.float32(0.0), jnp.int32(0), jnp.float32(1.0), jnp.int32(-1))
-  fn = jax.jit(functools.partial(gen.generate_tokens, graphdef=run.graphdef,
+  fn = jax.jit(functools.partial(sampler.generate_tokens, graphdef=run.graphdef,
                                  max_new_tokens=new)).lower(*args).compile()
   seconds, tokens = _best(lambda: fn(*args), repeats)
   return seconds, np.asarray(tokens)
@@ -92,7 +91,7 @@ def bench_reforward(run, prompt, new, repeats):
     length += steps
   fns = {}
   for size, start, steps in segments:
-    fn = jax.jit(functools.partial(gen.reforward_tokens, graphdef=run.graphdef,
+    fn = jax.jit(functools.partial(sampler.reforward_tokens, graphdef=run.graphdef,
                                    max_new_tokens=steps))
     args = (run.params, run.rest, jnp.zeros((b, size), jnp.int32), jnp.int32(start),
             jax.random.key(0), jnp.float32(0.0), jnp.int32(0), jnp.float32(1.0))
@@ -122,7 +121,7 @@ def bench_eval(run, n_batches, repeats):
            "weights": np.ones((rows, seq), np.float32),
            "target_bytes": np.full((rows, seq), 4, np.int32),
            "text_type": np.zeros((rows, seq), np.int32)}
-  arrays = train.to_global(batch, run.mesh)
+  arrays = to_global(batch, run.mesh)
   fn = eval_lib.make_type_sums_step(run, 1).lower(run.params, arrays, run.rest).compile()
 
   def go():

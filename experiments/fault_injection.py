@@ -35,23 +35,25 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import jax
+import numpy as np
+import pytest
 
-import jax  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
-import pytest  # pylint: disable=wrong-import-position
+from mambaswelu_jax import checkpointing, train
+from mambaswelu_jax.data_order import read_data_order
+from mambaswelu_jax.mesh import make_mesh
+from mambaswelu_jax.steps import create_train_state
+from study_lib.checkout import ROOT, import_from_checkout
 
-from tests import test_fault_tolerance as ft  # pylint: disable=wrong-import-position
-from mambaswelu_jax import checkpointing, train  # pylint: disable=wrong-import-position
+ft = import_from_checkout("tests.test_fault_tolerance")
 
 FAULTS = ("corrupt", "nonfinite", "nan_param", "disk_full", "bad_data", "sigterm", "kill9")
 
 
 def _lost_steps(workdir, reference):
-  want = train.read_data_order(os.path.join(reference, "data_order.jsonl"))
+  want = read_data_order(os.path.join(reference, "data_order.jsonl"))
   path = os.path.join(workdir, "data_order.jsonl")
-  got = train.read_data_order(path) if os.path.exists(path) else {}
+  got = read_data_order(path) if os.path.exists(path) else {}
   return sum(1 for s, h in want.items() if s not in got or set(got[s]) != set(h))
 
 
@@ -178,14 +180,14 @@ def main():
   jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
-  from configs import demo  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.data import tokenizer  # pylint: disable=import-outside-toplevel
+  demo = import_from_checkout("configs.demo")
   tok = tokenizer.prepare_tokenizer(demo.get_config("tiny").data, os.path.join(work, "tok"))
   reference = os.path.join(work, "reference")
   if not os.path.exists(os.path.join(reference, "final")):
     ft.reference_run(reference, tok)
-  mesh = train.make_mesh(jax.devices()[:1])
-  _, state, _ = train.create_train_state(ft.tiny(tok), mesh)
+  mesh = make_mesh(jax.devices()[:1])
+  _, state, _ = create_train_state(ft.tiny(tok), mesh)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state["params"])
 
   commands = {f: f"python experiments/fault_injection.py --n={args.n} --faults={f}"

@@ -5,21 +5,15 @@ device and MFU, without data, checkpoints or writers.
       --config.data.seq_len=128 --config.train.global_batch_size=2 \
       --config.train.micro_batch_per_device=1 --config.train.num_steps=100 --steps=5
 
-The step is the trainer's own (`train.make_train_step`: shard_map over every device,
+The step is the trainer's own (`steps.make_train_step`: shard_map over every device,
 gradient accumulation, donated state). The first step (compilation) is reported
 separately.
 """
 
-import os
-import sys
 import time
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if os.path.isdir(os.path.join(_ROOT, "configs")) and _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)
-
-from absl import app, flags  # pylint: disable=wrong-import-position
-from ml_collections import config_flags  # pylint: disable=wrong-import-position
+from absl import app, flags
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the first.")
@@ -29,19 +23,21 @@ flags.mark_flags_as_required(["config"])
 def benchmark(config, steps: int) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax import config_validation, metrics, train  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import config_validation, metrics, steps  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.mesh import make_mesh, to_global  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.models.flops import flops_per_token  # pylint: disable=import-outside-toplevel
   devices = jax.devices()
   config = config_validation.resolve(config, num_devices=len(devices),
                                      process_count=jax.process_count())
   accum = config_validation.check_batch(config, len(devices), jax.process_count())
-  mesh = train.make_mesh(devices)
-  parts, state, rest = train.create_train_state(config, mesh)
-  step_fn = train.make_train_step(mesh, parts, accum)
+  mesh = make_mesh(devices)
+  parts, state, rest = steps.create_train_state(config, mesh)
+  step_fn = steps.make_train_step(mesh, parts, accum)
   rows = int(config.train.global_batch_size) // jax.process_count()
   seq_len = int(config.data.seq_len)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, config.model.vocab_size, (rows, seq_len + 1), dtype=np.int32)
-  batch = train.to_global({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh)
+  batch = to_global({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh)
   t0 = time.perf_counter()
   state, m = step_fn(state, batch, rest)
   jax.block_until_ready(m)
@@ -52,7 +48,7 @@ def benchmark(config, steps: int) -> dict:
   jax.block_until_ready(m)
   step_s = (time.perf_counter() - t0) / steps
   tps = int(config.train.global_batch_size) * seq_len / step_s
-  flops = train._flops_per_token(config)  # pylint: disable=protected-access
+  flops = flops_per_token(config.model, int(config.data.seq_len))["training"]
   peak, source = metrics.peak_tflops(devices[0], jax.local_device_count(),
                                      config.train.peak_tflops_per_device)
   tflops = tps * flops / len(devices) / 1e12

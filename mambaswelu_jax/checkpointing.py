@@ -44,14 +44,11 @@ from typing import Any
 import ml_collections
 
 from mambaswelu_jax import config_validation
+from mambaswelu_jax import workdir as layout
+from mambaswelu_jax.workdir import atomic_write
 
 log = logging.getLogger("mambaswelu_jax.checkpointing")
 
-CONFIG_FILE = "config.json"
-CONFIG_HISTORY_DIR = "config_history"
-CHECKPOINTS_DIR = "checkpoints"
-# Checkpoints that did not restore are moved here (not a step directory: no tool reads them).
-UNRESTORABLE_DIR = "unrestorable_checkpoints"
 
 
 class WorkdirConfigMismatch(config_validation.ConfigError):
@@ -162,7 +159,7 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a workdir records (for eval/generate tools)."""
-  with open(os.path.join(workdir, CONFIG_FILE), encoding="utf-8") as f:
+  with open(os.path.join(workdir, layout.CONFIG), encoding="utf-8") as f:
     return ml_collections.ConfigDict(json.load(f))
 
 
@@ -192,7 +189,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
   `checkpoint.allow_config_change` is off (whether the stored state restores into
   the new model is checked separately, by `check_state_matches`).
   """
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, layout.CONFIG)
   if os.path.exists(path):
     changes = config_validation.diff(_flat_config_file(path), _flat(config))
     if changes and not config.checkpoint.allow_config_change:
@@ -202,14 +199,14 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
           f"Use a new --workdir for a new run, or resume with this config anyway by "
           f"adding --config.checkpoint.allow_config_change=True (allowed when the "
           f"checkpoints still restore into the model; the old config is kept in "
-          f"{os.path.join(workdir, CONFIG_HISTORY_DIR)}/).")
+          f"{os.path.join(workdir, layout.CONFIG_HISTORY)}/).")
     if changes:
       log.warning("resuming %s with a changed config (allowed):\n  %s", workdir,
                   "\n  ".join(changes))
     return True
-  if checkpoint_steps(workdir):
+  if layout.steps(workdir):
     raise WorkdirConfigMismatch(
-        f"workdir {workdir} holds checkpoints but no {CONFIG_FILE}, so its config is "
+        f"workdir {workdir} holds checkpoints but no {layout.CONFIG}, so its config is "
         f"unknown. Use a new --workdir, or write the run's config to {path}.")
   return False
 
@@ -217,30 +214,20 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
 def record_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> None:
   """Writes `config` to DIR/config.json. A different config already there (an
   accepted change) is first copied to DIR/config_history/, so no config is lost."""
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, layout.CONFIG)
   text = config_to_json(config)
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       old = f.read()
     if old == text:
       return
-    history = os.path.join(workdir, CONFIG_HISTORY_DIR)
+    history = os.path.join(workdir, layout.CONFIG_HISTORY)
     os.makedirs(history, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     kept = os.path.join(history, f"config.until_step_{step}.{stamp}.json")
     atomic_write(kept, old)
     log.info("config changed at step %d: the previous config is kept in %s", step, kept)
   atomic_write(path, text)
-
-
-def atomic_write(path: str, text: str) -> None:
-  """Writes a whole file or nothing (a temporary file renamed over `path`)."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def _flat(config: ml_collections.ConfigDict) -> dict:
@@ -250,15 +237,6 @@ def _flat(config: ml_collections.ConfigDict) -> dict:
 def _flat_config_file(path: str) -> dict:
   with open(path, encoding="utf-8") as f:
     return config_validation.flatten(json.load(f))
-
-
-def checkpoint_steps(workdir: str) -> list[int]:
-  """The steps of DIR/checkpoints (committed step directories), ascending."""
-  directory = os.path.join(workdir, CHECKPOINTS_DIR)
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(n) for n in os.listdir(directory)
-                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
 
 def _key_str(key) -> str:
@@ -288,8 +266,8 @@ def check_state_matches(workdir: str, abstract_state: Any) -> None:
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   want = _shapes_by_path(abstract_state)
   mismatch = None  # (where, stored shapes) of the newest readable step that differs
-  for step in reversed(checkpoint_steps(workdir)):
-    where = os.path.join(workdir, CHECKPOINTS_DIR, str(step))
+  for step in reversed(layout.steps(workdir)):
+    where = os.path.join(workdir, layout.CHECKPOINTS, str(step))
     try:
       stored = ocp.StandardCheckpointer().metadata(os.path.join(where, "state"))
       have = _shapes_by_path(getattr(stored, "item_metadata", stored))
@@ -342,13 +320,13 @@ class Checkpoints:
       return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix)
 
     self.states = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR),
+        os.path.join(os.path.abspath(workdir), layout.CHECKPOINTS),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=int(ckpt_config.max_to_keep), create=True,
             enable_async_checkpointing=async_save, multiprocessing_options=mp("states")),
         item_names=("state", "data", "meta"))
     self.snapshots = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "snapshots"),
+        os.path.join(os.path.abspath(workdir), layout.SNAPSHOTS),
         options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
                                              enable_async_checkpointing=async_save,
                                              multiprocessing_options=mp("snapshots")),
@@ -423,7 +401,7 @@ class Checkpoints:
   def save_final(self, step: int, params: Any) -> None:
     ocp = self._ocp
     if self.final is None:
-      self.final = ocp.CheckpointManager(os.path.join(os.path.abspath(self.workdir), "final"),
+      self.final = ocp.CheckpointManager(os.path.join(os.path.abspath(self.workdir), layout.FINAL),
                                          options=self._final_options,
                                          item_names=("params", "meta"))
     if step in self.final.all_steps():
@@ -501,7 +479,7 @@ class Checkpoints:
     if not self.is_main:
       return
     source = _step_dir(self.states.directory, step)
-    aside = os.path.join(self.workdir, UNRESTORABLE_DIR)
+    aside = os.path.join(self.workdir, layout.UNRESTORABLE)
     os.makedirs(aside, exist_ok=True)
     target = os.path.join(aside, f"step_{step}." + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
     try:

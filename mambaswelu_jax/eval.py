@@ -48,9 +48,10 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mambaswelu_jax import checkpointing
-from mambaswelu_jax import train
+from mambaswelu_jax.losses import token_nll
+from mambaswelu_jax.mesh import DATA_AXIS, make_mesh, to_global
+from mambaswelu_jax import workdir as layout
 
-DATA_AXIS = train.DATA_AXIS
 # Where params live, in the order `latest` looks (params-only kinds first: cheaper).
 CHECKPOINT_KINDS = ("final", "snapshots", "checkpoints")
 LN2 = math.log(2.0)
@@ -167,9 +168,9 @@ def load_config_and_tokenizer(workdir: str):
   """(config, tokenizer) of a workdir, or an EvalError naming the missing file."""
   if not os.path.isdir(workdir):
     raise EvalError(f"workdir {workdir} does not exist")
-  cfg_path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  cfg_path = os.path.join(workdir, layout.CONFIG)
   if not os.path.exists(cfg_path):
-    raise EvalError(f"{workdir} has no {checkpointing.CONFIG_FILE}: not a run's workdir "
+    raise EvalError(f"{workdir} has no {layout.CONFIG}: not a run's workdir "
                     f"(a run records its resolved config there when it starts)")
   try:
     config = checkpointing.load_config(workdir)
@@ -208,7 +209,7 @@ def load_run(workdir: str, step: str | int = "latest", devices: Sequence | None 
     config.model.scan_impl = "auto"
 
   from mambaswelu_jax.models import build_model  # pylint: disable=import-outside-toplevel
-  mesh = train.make_mesh(list(devices) if devices is not None else jax.local_devices())
+  mesh = make_mesh(list(devices) if devices is not None else jax.local_devices())
   build = lambda: build_model(config.model, nnx.Rngs(int(config.get("seed", 0))))
   graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
   replicated = NamedSharding(mesh, P())
@@ -237,7 +238,7 @@ def load_run(workdir: str, step: str | int = "latest", devices: Sequence | None 
 def type_sums(params, batch, rest, *, graphdef, num_types: int, axis_name=DATA_AXIS):
   """(num_types, 3) float32 sums of [nll, tokens, target bytes] per text type."""
   logits = nnx.merge(graphdef, params, rest)(batch["inputs"])
-  nll = train.token_nll(logits, batch["targets"])
+  nll = token_nll(logits, batch["targets"])
   w = batch["weights"].astype(jnp.float32)
   cols = jnp.stack([nll * w, w, batch["target_bytes"].astype(jnp.float32) * w], -1)
   sums = jax.ops.segment_sum(cols.reshape(-1, 3), batch["text_type"].reshape(-1),
@@ -289,7 +290,7 @@ def evaluate_split(run: Run, split: str, *, max_tokens: int = 0, batch_per_devic
   totals = np.zeros((len(types), 3), np.float64)
   seconds, timed = 0.0, 0
   for i, batch in enumerate(batches):
-    arrays = train.to_global({k: batch[k] for k in
+    arrays = to_global({k: batch[k] for k in
                               ("inputs", "targets", "weights", "target_bytes", "text_type")},
                              run.mesh)
     t0 = time.perf_counter()

@@ -37,7 +37,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mambaswelu_jax import steps
 from mambaswelu_jax.config_validation import ConfigError
+from mambaswelu_jax.mesh import make_mesh
 
 log = logging.getLogger("mambaswelu_jax.memory_check")
 
@@ -161,7 +163,7 @@ def _specs(mesh: Mesh, global_batch: int, seq_len: int):
 
 def compile_step(jitted: Callable, state: Any, rest: Any, mesh: Mesh, global_batch: int,
                  seq_len: int):
-  """(compiled, seconds): `jitted` (train.make_train_step(...).jitted) compiled for the
+  """(compiled, seconds): `jitted` (steps.make_train_step(...).jitted) compiled for the
   run's batch. `state` and `rest` may be arrays or sharded ShapeDtypeStructs."""
   batch, lr = _specs(mesh, global_batch, seq_len)
   t0 = time.perf_counter()
@@ -180,35 +182,32 @@ def _with_remat(config: ml_collections.ConfigDict, remat: bool) -> ml_collection
 def _graphdef(config: ml_collections.ConfigDict) -> Any:
   """The model's static graph for `config` (nothing allocated)."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax.models import build_model  # pylint: disable=import-outside-toplevel
-  abstract = nnx.eval_shape(lambda: build_model(config.model, nnx.Rngs(config.seed)))
-  return nnx.split(abstract, nnx.Param, ...)[0]
+  from mambaswelu_jax.models.params import abstract_model  # pylint: disable=import-outside-toplevel
+  return nnx.split(abstract_model(config.model), nnx.Param, ...)[0]
 
 
 def measure(config: ml_collections.ConfigDict, mesh: Mesh, parts: Any, state: Any,
             rest: Any, micro_batch: int, remat: bool | None = None) -> StepMemory:
   """Compiles the train step at `micro_batch` per device (accumulation keeping
   train.global_batch_size) and, when given, `remat`; returns its memory."""
-  from mambaswelu_jax import train  # pylint: disable=import-outside-toplevel
   remat = bool(config.model.get("remat", False)) if remat is None else remat
   g, n = int(config.train.global_batch_size), mesh.devices.size
   accum = g // (micro_batch * n)
   if remat != bool(config.model.get("remat", False)):
     parts = dataclasses.replace(parts, graphdef=_graphdef(_with_remat(config, remat)))
-  step = train.make_train_step(mesh, parts, accum)
+  step = steps.make_train_step(mesh, parts, accum)
   compiled, seconds = compile_step(step.jitted, state, rest, mesh, g,
                                    int(config.data.seq_len))
   return memory_of(compiled, micro_batch, accum, remat, seconds)
 
 
 def abstract_state(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Any, Any, Any]:
-  """(parts, state, rest) of `train.create_train_state` as sharded shapes: nothing is
+  """(parts, state, rest) of `steps.create_train_state` as sharded shapes: nothing is
   allocated, so the study model is measured on a laptop."""
-  from mambaswelu_jax import train  # pylint: disable=import-outside-toplevel
   box = {}
 
   def build():
-    parts, state, rest = train.create_train_state(config, mesh)
+    parts, state, rest = steps.create_train_state(config, mesh)
     box["parts"] = parts
     return state, rest
 
@@ -275,7 +274,7 @@ def _suggestion(config, mesh, parts, state, rest, needed: StepMemory, available:
 
 def preflight(config: ml_collections.ConfigDict, mesh: Mesh, parts: Any, state: Any,
               rest: Any, step_fn: Callable) -> StepMemory | None:
-  """The trainer's one call, after the state and `step_fn` (train.make_train_step) are
+  """The trainer's one call, after the state and `step_fn` (steps.make_train_step) are
   built and before step 1. Compiles `step_fn` for the run's batch (the first step then
   reuses the executable), logs its memory, and raises ConfigError with a setting that
   fits when it does not. Returns the measurement (None when train.memory_check is off
@@ -318,11 +317,11 @@ def measure_table(config: ml_collections.ConfigDict, devices: list | None = None
   """Lines of a table: the compiled per-device memory of the train step for each
   micro-batch (default: the configured one and every smaller one the pre-flight would
   try) and remat setting, on this backend, against the available memory."""
-  from mambaswelu_jax import config_validation, train  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import config_validation  # pylint: disable=import-outside-toplevel
   devices = list(jax.devices() if devices is None else devices)
   config = config_validation.resolve(config, num_devices=len(devices),
                                      process_count=jax.process_count())
-  mesh = train.make_mesh(devices)
+  mesh = make_mesh(devices)
   t = config.train
   g, n = int(t.global_batch_size), len(devices)
   if micro_batches is None:

@@ -14,7 +14,10 @@ import logging.handlers
 import math
 import os
 import re
+import time
 from typing import Any, Mapping
+
+from mambaswelu_jax import workdir as layout
 
 # Dense bf16 peak TFLOP/s per device, by a substring of `jax.Device.device_kind`
 # (lower case). First match wins, so the more specific names come first.
@@ -67,6 +70,38 @@ def peak_tflops(device: Any, num_local_devices: int = 1, override: float = 0.0) 
   return float("nan"), f"unknown device kind '{kind}'; set train.peak_tflops_per_device"
 
 
+class ThroughputMeter:
+  """Tokens/s, step time, TFLOP/s per device and MFU over the steps since the last
+  log line, not counting evaluation and checkpoint time (`pause`)."""
+
+  def __init__(self, tokens_per_step: int, flops_per_token: float, num_devices: int,
+               peak_tflops: float):
+    self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+    self.num_devices, self.peak = num_devices, peak_tflops
+    self.restart()
+
+  def restart(self) -> None:
+    self.start, self.steps, self.paused = time.perf_counter(), 0, 0.0
+
+  def count_step(self) -> None:
+    self.steps += 1
+
+  def pause(self, seconds: float) -> None:
+    self.paused += seconds
+
+  def scalars(self, step: int) -> dict:
+    elapsed = time.perf_counter() - self.start - self.paused
+    if self.steps > 0 and elapsed > 0:
+      step_time = elapsed / self.steps
+      tps = self.tokens_per_step / step_time
+    else:
+      step_time, tps = float("nan"), float("nan")
+    tflops = tps * self.flops_per_token / self.num_devices / 1e12
+    return {"tokens_per_second": tps, "step_time": step_time, "tflops_per_device": tflops,
+            "mfu": tflops / self.peak if self.peak and self.peak > 0 else float("nan"),
+            "tokens_seen": float(step * self.tokens_per_step)}
+
+
 def _jsonable(value: Any) -> Any:
   try:
     value = float(value) if not isinstance(value, (int, str, bool)) else value
@@ -104,12 +139,6 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
   return out
 
 
-def ends_with_newline(path: str) -> bool:
-  with open(path, "rb") as f:
-    f.seek(-1, os.SEEK_END)
-    return f.read(1) == b"\n"
-
-
 class MetricsWriter:
   """Writes scalars to CLU (TensorBoard + logging) and to metrics.jsonl.
 
@@ -121,11 +150,11 @@ class MetricsWriter:
   def __init__(self, workdir: str, *, is_main: bool = True, resume_step: int = 0,
                tensorboard: bool = True):
     self.is_main = is_main
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = os.path.join(workdir, layout.METRICS)
     self._clu = None
     if is_main:
       existing = os.path.exists(self.path) and os.path.getsize(self.path) > 0
-      torn = existing and not ends_with_newline(self.path)  # a line cut by a crash
+      torn = existing and not layout.ends_with_newline(self.path)  # a line cut by a crash
       self._jsonl = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
       if torn:
         self._jsonl.write("\n")
@@ -137,7 +166,7 @@ class MetricsWriter:
     if tensorboard:
       from clu import metric_writers  # pylint: disable=import-outside-toplevel
       self._clu = metric_writers.create_default_writer(
-          os.path.join(workdir, "tensorboard"), just_logging=not is_main, asynchronous=True)
+          os.path.join(workdir, layout.TENSORBOARD), just_logging=not is_main, asynchronous=True)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     scalars = {k: _jsonable(v) for k, v in scalars.items()}
@@ -193,7 +222,7 @@ def start_train_log(handler: logging.Handler | None, workdir: str) -> None:
   """Opens DIR/train.log (append), writes the held records; later ones go straight there."""
   if handler is None or handler.target is not None:
     return
-  target = logging.FileHandler(os.path.join(workdir, "train.log"), encoding="utf-8")
+  target = logging.FileHandler(os.path.join(workdir, layout.TRAIN_LOG), encoding="utf-8")
   target.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s",
                                         datefmt="%Y-%m-%d %H:%M:%S"))
   handler.setTarget(target)

@@ -234,7 +234,7 @@ import jax, jax.numpy as jnp
 from jax import export as jax_export
 from jax.sharding import NamedSharding, PartitionSpec as P
 from configs import default
-from mambaswelu_jax import train
+from mambaswelu_jax import mesh as mesh_lib, steps
 
 def export_step(impl, accum=2, micro=1):
   config = default.get_config()
@@ -243,21 +243,21 @@ def export_step(impl, accum=2, micro=1):
 
 def export_config(config, accum, micro):
   devices = jax.devices()[:2]
-  mesh = train.make_mesh(devices)
+  mesh = mesh_lib.make_mesh(devices)
   seq = config.data.seq_len
   boxed = []
 
   def build():
-    parts, state, rest = train.create_train_state(config, mesh)
+    parts, state, rest = steps.create_train_state(config, mesh)
     boxed.append(parts)
     return state, rest
 
   t0 = time.time()
   state, rest = jax.eval_shape(build)
-  step = train.make_train_step(mesh, boxed[0], accum)
+  step = steps.make_train_step(mesh, boxed[0], accum)
   rows = len(devices) * accum * micro
   tokens = jax.ShapeDtypeStruct((rows, seq), jnp.int32,
-                                sharding=NamedSharding(mesh, P(train.DATA_AXIS)))
+                                sharding=NamedSharding(mesh, P(mesh_lib.DATA_AXIS)))
   replicated = lambda t: jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P())), t)
   lr = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))

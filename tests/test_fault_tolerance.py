@@ -17,7 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from mambaswelu_jax import checkpointing, train
+from mambaswelu_jax import checkpointing, fault_tolerance, steps, train
+from mambaswelu_jax.data_order import read_data_order
+from mambaswelu_jax.mesh import make_mesh, to_global
 from mambaswelu_jax.metrics import read_jsonl
 from tests.test_train import tiny as train_tiny
 
@@ -51,6 +53,7 @@ def poison_params_at(call: int, leaf: int = 0):
         sharding = jax.tree.leaves(state["params"])[0].sharding
         state = dict(state, params=jax.device_put(params, sharding))
       return step_fn(state, batch, rest, lr_scale)
+    poisoned.jitted = step_fn.jitted  # what the memory pre-flight compiles
     return poisoned
   return make
 
@@ -89,22 +92,22 @@ def test_nonfinite_step_leaves_state_unchanged(tokenizer_path):
   """NaN in the batch, then NaN in a parameter: the jitted step keeps params and
   optimizer state as they were and reports skipped_update = 1; a good batch updates."""
   config = tiny(tokenizer_path)
-  mesh = train.make_mesh(jax.devices()[:1])
-  parts, state, rest = train.create_train_state(config, mesh)
-  step_fn = train.make_train_step(mesh, parts, accum_steps=4)
+  mesh = make_mesh(jax.devices()[:1])
+  parts, state, rest = steps.create_train_state(config, mesh)
+  step_fn = steps.make_train_step(mesh, parts, accum_steps=4)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, 512, (8, 33), dtype=np.int32)
   good = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
 
   before = jax.device_get(state)
-  state, m = step_fn(state, train.to_global(_bad_batch(good, 512), mesh), rest)
+  state, m = step_fn(state, to_global(_bad_batch(good, 512), mesh), rest)
   assert float(m["skipped_update"]) == 1.0 and not np.isfinite(float(m["train_loss"]))
   assert_same(state["params"], before["params"])
   assert_same(state["opt_state"], before["opt_state"])
   assert int(state["step"]) == 1  # the batch is consumed
 
   for _ in range(2):  # the warmup's first learning rate is 0: the skip did not advance it
-    state, m = step_fn(state, train.to_global(good, mesh), rest)
+    state, m = step_fn(state, to_global(good, mesh), rest)
     assert float(m["skipped_update"]) == 0.0
   changed = jax.device_get(state)
   assert any(not np.array_equal(a, b) for a, b in zip(leaves(changed["params"]),
@@ -115,7 +118,7 @@ def test_nonfinite_step_leaves_state_unchanged(tokenizer_path):
   first = jax.tree.leaves(poisoned["params"])[0]
   first[(0,) * first.ndim] = np.nan
   state = jax.device_put(poisoned, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  state, m = step_fn(state, train.to_global(good, mesh), rest)
+  state, m = step_fn(state, to_global(good, mesh), rest)
   assert float(m["skipped_update"]) == 1.0
   assert_same(state["params"], poisoned["params"])
 
@@ -199,8 +202,8 @@ def corrupt(step_dir, how, seed=0):
 
 @pytest.fixture(scope="module")
 def abstract_state(tokenizer_path):
-  mesh = train.make_mesh(jax.devices()[:1])
-  _, state, _ = train.create_train_state(tiny(tokenizer_path), mesh)
+  mesh = make_mesh(jax.devices()[:1])
+  _, state, _ = steps.create_train_state(tiny(tokenizer_path), mesh)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                       state)
 
@@ -285,7 +288,7 @@ def test_write_error_keeps_earlier_checkpoints(tokenizer_path, tmp_path, monkeyp
   if mode == "stop":
     with pytest.raises(train.TrainingStopped) as e:
       train.train_and_evaluate(config, workdir)
-    assert e.value.exit_code == train.WRITE_ERROR_EXIT_CODE == 3
+    assert e.value.exit_code == fault_tolerance.WRITE_ERROR_EXIT_CODE == 3
     assert "No space left on device" in str(e.value)
   else:
     result = train.train_and_evaluate(config, workdir)
@@ -294,10 +297,10 @@ def test_write_error_keeps_earlier_checkpoints(tokenizer_path, tmp_path, monkeyp
     assert meta["checkpoint_write_errors"] == 1
   log = _log(workdir)
   assert "failed; earlier checkpoints are intact" in log and "No space left" in log
-  steps = checkpointing.Checkpoints(workdir, config.checkpoint)
-  saved = sorted(steps.states.all_steps())
-  restored = steps.restore_latest(abstract_state, None)
-  steps.close()
+  ckpts = checkpointing.Checkpoints(workdir, config.checkpoint)
+  saved = sorted(ckpts.states.all_steps())
+  restored = ckpts.restore_latest(abstract_state, None)
+  ckpts.close()
   assert 6 not in saved and {2, 4} <= set(saved)
   assert restored is not None and restored[0] == max(saved)
   if mode == "stop":  # rerun (the disk has room again): resumes and finishes
@@ -400,8 +403,8 @@ def check_nothing_lost(workdir, reference_workdir, abstract_params):
   """The resumed run's final params equal the reference's, and each step trained on
   the reference's batch for that step (a step recorded twice -- before and after the
   kill -- with the same batch both times)."""
-  want = train.read_data_order(os.path.join(reference_workdir, "data_order.jsonl"))
-  got = train.read_data_order(os.path.join(workdir, "data_order.jsonl"))
+  want = read_data_order(os.path.join(reference_workdir, "data_order.jsonl"))
+  got = read_data_order(os.path.join(workdir, "data_order.jsonl"))
   assert sorted(got) == sorted(want) == list(range(1, NUM_STEPS + 1))
   for step, hashes in got.items():
     assert set(hashes) == set(want[step]), f"step {step}: batches {hashes} != {want[step]}"

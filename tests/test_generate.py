@@ -15,6 +15,7 @@ import pytest
 
 from mambaswelu_jax import eval as eval_lib
 from mambaswelu_jax import generate as gen
+from mambaswelu_jax import sampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEG = float(jnp.finfo(jnp.float32).min)
@@ -33,7 +34,7 @@ def g(run):
 
 
 def _kept(logits, top_k, top_p):
-  out = gen.filter_logits(jnp.asarray(logits, jnp.float32), jnp.int32(top_k), jnp.float32(top_p))
+  out = sampler.filter_logits(jnp.asarray(logits, jnp.float32), jnp.int32(top_k), jnp.float32(top_p))
   return (np.asarray(out) > NEG).tolist()
 
 
@@ -54,7 +55,7 @@ def test_top_k_and_top_p_filters():
 def test_sampling_frequencies_follow_the_filtered_distribution():
   probs = np.array([0.05, 0.4, 0.15, 0.3, 0.1])
   logits = jnp.asarray(np.log(probs)[None].repeat(4000, 0), jnp.float32)
-  draw = jax.jit(gen.sample_token)
+  draw = jax.jit(sampler.sample_token)
 
   def freq(temperature, k, p, seed=0):
     t = np.asarray(draw(logits, jax.random.key(seed), jnp.float32(temperature), jnp.int32(k),
@@ -90,7 +91,7 @@ def test_recurrent_decoding_equals_full_reforward(run, g):
   (fast,), _, _ = g.generate_ids([prompt], new, temperature=0.0, stop_at_eos=False)
   buf = np.zeros((1, 64), np.int32)
   buf[0, :len(prompt)] = prompt
-  fn = jax.jit(functools.partial(gen.reforward_tokens, graphdef=run.graphdef,
+  fn = jax.jit(functools.partial(sampler.reforward_tokens, graphdef=run.graphdef,
                                  max_new_tokens=new))
   slow = fn(run.params, run.rest, jnp.asarray(buf), jnp.int32(len(prompt)), jax.random.key(0),
             jnp.float32(0.0), jnp.int32(0), jnp.float32(1.0))
@@ -142,11 +143,10 @@ def test_command_line_two_runs_side_by_side(trained_workdir, tmp_path):
 
 
 def test_trainers_end_of_run_sample_is_the_same_sampler(run, g):
-  """train.sample_text (the sample in train.log and TensorBoard) is generate's sampler:
-  greedy, it gives the Generator's tokens for the same prompt."""
-  from mambaswelu_jax import train  # pylint: disable=import-outside-toplevel
-  parts = train.ModelParts(graphdef=run.graphdef, tx=None, num_params=0)
-  text = train.sample_text(parts, run.params, run.rest, run.tokenizer, "import os\n", 16, 0.0)
+  """sampler.sample_text (the trainer's sample in train.log and TensorBoard) is generate's
+  sampler: greedy, it gives the Generator's tokens for the same prompt."""
+  text = sampler.sample_text(run.graphdef, run.params, run.rest, run.tokenizer, "import os\n",
+                             16, 0.0)
   (ids,), _, _ = g.generate_ids([g.encode_prompt("import os\n")], 16, temperature=0.0,
                                 stop_at_eos=False)
   assert text == run.tokenizer.decode(ids)

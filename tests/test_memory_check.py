@@ -16,7 +16,9 @@ import pytest
 from flax import nnx
 
 from configs import demo
-from mambaswelu_jax import config_validation, memory_check, train
+from mambaswelu_jax import config_validation, memory_check, steps, train
+from mambaswelu_jax.losses import token_nll
+from mambaswelu_jax.mesh import make_mesh
 from mambaswelu_jax.config_validation import ConfigError
 from mambaswelu_jax.models import build_model
 from tests.test_train import tiny as train_tiny
@@ -42,7 +44,7 @@ def test_refused_before_step_one_then_the_suggestion_trains(tokenizer_path, tmp_
   config = tiny(tokenizer_path)
   assert config.train.micro_batch_per_device == 2  # accumulation 4 of global batch 8
   resolved = config_validation.resolve(config)
-  mesh = train.make_mesh()
+  mesh = make_mesh()
   parts, state, rest = memory_check.abstract_state(resolved, mesh)
   one = memory_check.measure(resolved, mesh, parts, state, rest, micro_batch=1)
   assert one.accum == 8 and one.total > one.argument > 0
@@ -95,7 +97,7 @@ def test_remat_same_loss_and_grads_fewer_temporaries():
 
     def loss_fn(p, graphdef=graphdef, rest=rest):
       logits = nnx.merge(graphdef, p, rest)(tokens[:, :-1])
-      return train.token_nll(logits, tokens[:, 1:]).mean()
+      return token_nll(logits, tokens[:, 1:]).mean()
 
     compiled = jax.jit(jax.value_and_grad(loss_fn)).lower(params).compile()
     loss, grads = compiled(params)
@@ -111,7 +113,7 @@ def test_remat_same_loss_and_grads_fewer_temporaries():
 def test_remat_train_step_fewer_temporaries():
   """memory_check.measure swaps in the remat graph; the compiled step keeps less."""
   config = config_validation.resolve(deeper_model())
-  mesh = train.make_mesh()
+  mesh = make_mesh()
   parts, state, rest = memory_check.abstract_state(config, mesh)
   off = memory_check.measure(config, mesh, parts, state, rest, micro_batch=8, remat=False)
   on = memory_check.measure(config, mesh, parts, state, rest, micro_batch=8, remat=True)

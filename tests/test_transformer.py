@@ -84,7 +84,7 @@ def test_transformer_run_through_train_eval_and_generate(trained_transformer_wor
   import json  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax import generate  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import generate, sampler  # pylint: disable=import-outside-toplevel
   wd = trained_transformer_workdir
   with open(os.path.join(wd, "metrics.jsonl"), encoding="utf-8") as f:
     rows = [json.loads(line) for line in f if line.strip()]
@@ -105,7 +105,7 @@ def test_transformer_run_through_train_eval_and_generate(trained_transformer_wor
   (fast,), _, _ = g.generate_ids([prompt], new, temperature=0.0, stop_at_eos=False)
   buf = np.zeros((1, 32), np.int32)
   buf[0, :len(prompt)] = prompt
-  slow = jax.jit(functools.partial(generate.reforward_tokens, graphdef=run.graphdef,
+  slow = jax.jit(functools.partial(sampler.reforward_tokens, graphdef=run.graphdef,
                                    max_new_tokens=new))(
       run.params, run.rest, jnp.asarray(buf), jnp.int32(len(prompt)), jax.random.key(0),
       jnp.float32(0.0), jnp.int32(0), jnp.float32(1.0))
@@ -113,12 +113,12 @@ def test_transformer_run_through_train_eval_and_generate(trained_transformer_wor
 
 
 def test_generate_tokens_with_prompts_of_different_lengths_equals_greedy_reforward():
-  from mambaswelu_jax import generate  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import sampler  # pylint: disable=import-outside-toplevel
   cfg = tiny(vocab_size=50, n_layers=1, n_heads=2)
   model = build_model(cfg, nnx.Rngs(3))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   prompts = jnp.asarray([[1, 2, 3, 4], [5, 6, 0, 0]], jnp.int32)
-  toks = generate.generate_tokens(params, rest, prompts, jnp.asarray([4, 2]), jax.random.key(0),
+  toks = sampler.generate_tokens(params, rest, prompts, jnp.asarray([4, 2]), jax.random.key(0),
                                   0.0, 0, 1.0, -1, graphdef=graphdef, max_new_tokens=4)
   forward = nnx.jit(lambda m, t: m(t))  # one fixed width: causal, so padding is harmless
   for i, length in enumerate([4, 2]):

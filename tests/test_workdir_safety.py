@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from mambaswelu_jax import checkpointing, train
+from mambaswelu_jax import workdir as layout
 from mambaswelu_jax.data.sources import DataError
 from mambaswelu_jax.metrics import read_jsonl
 from tests.test_train import NUM_STEPS, ROOT, params_of, tiny
@@ -136,9 +137,9 @@ def test_truncated_newest_checkpoint_is_moved_aside_and_rewritten(straight, toke
     f.truncate(os.path.getsize(biggest) // 2)
   result = train.train_and_evaluate(tiny(tokenizer_path), workdir)
   assert result.step == NUM_STEPS
-  aside = os.listdir(os.path.join(workdir, checkpointing.UNRESTORABLE_DIR))
+  aside = os.listdir(os.path.join(workdir, layout.UNRESTORABLE))
   assert len(aside) == 1 and aside[0].startswith("step_8.")
-  assert checkpointing.checkpoint_steps(workdir) == [4, 8]
+  assert layout.steps(workdir) == [4, 8]
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                           straight[1].state["params"])
   step, params = checkpointing.restore_params(workdir, abstract, kind="checkpoints")
@@ -148,7 +149,7 @@ def test_truncated_newest_checkpoint_is_moved_aside_and_rewritten(straight, toke
   # A rerun now finds a good newest checkpoint: nothing recomputed, nothing moved.
   again = train.train_and_evaluate(tiny(tokenizer_path), workdir)
   assert again.step == NUM_STEPS
-  assert len(os.listdir(os.path.join(workdir, checkpointing.UNRESTORABLE_DIR))) == 1
+  assert len(os.listdir(os.path.join(workdir, layout.UNRESTORABLE))) == 1
 
 
 # --- 2 and 5. the command line: Ctrl-C, bad arguments ----------------------------------
@@ -209,7 +210,7 @@ def test_ctrl_c_saves_stops_and_resumes_exactly(straight, tokenizer_path, tmp_pa
   assert out.strip().splitlines()[-1] == (f"stopped at step {stopped}; rerun the same command "
                                           f"to resume")
   assert 2 <= stopped < NUM_STEPS
-  assert checkpointing.checkpoint_steps(str(workdir))[-1] == stopped
+  assert layout.steps(str(workdir))[-1] == stopped
   proc = subprocess.run([sys.executable, "-m", "mambaswelu_jax.main", *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
