@@ -1,6 +1,6 @@
-"""The README's code runs as written: its Python blocks run on a trained run (the demo's
-workdir replaced by the test's), and its commands name modules, scripts, config keys,
-demo steps and files that exist."""
+"""The README's and the reference pages' code runs as written: their Python blocks run
+on a trained run (the demo's workdir replaced by the test's), and their commands name
+modules, scripts, config keys, demo steps and files that exist."""
 
 import os
 import re
@@ -10,7 +10,9 @@ import pytest
 from mambaswelu_jax import config_validation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+PAGES = ["README.md"] + [os.path.join("docs", n) for n in sorted(os.listdir(os.path.join(ROOT, "docs")))
+                         if n.endswith(".md") and n != "study-plan.md"]
+README = "\n".join(open(os.path.join(ROOT, p), encoding="utf-8").read() for p in PAGES)
 
 
 def blocks(language: str) -> list[str]:
@@ -65,6 +67,8 @@ def test_demo_commands_ask_for_steps_the_demo_saves():
         assert int(step) in saved, f"{command}: the demo saves steps {sorted(saved)}"
 
 
-@pytest.mark.parametrize("link", sorted(set(re.findall(r"\]\(((?:docs|configs|experiments)/[^)#]+)", README))))
-def test_relative_links_exist(link):
-  assert os.path.exists(os.path.join(ROOT, link)), link
+@pytest.mark.parametrize("page", PAGES)
+def test_relative_links_exist(page):
+  text = open(os.path.join(ROOT, page), encoding="utf-8").read()
+  for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+    assert os.path.exists(os.path.join(ROOT, os.path.dirname(page), link)), f"{page}: {link}"

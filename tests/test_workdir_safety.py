@@ -108,9 +108,9 @@ def test_failed_start_leaves_no_trace_and_the_fix_works(tokenizer_path, tmp_path
     train.train_and_evaluate(missing, str(existing))
   assert sorted(os.listdir(existing)) == ["notes.txt"]
   # The suggested fix (other data settings), same workdir: not "a different config".
-  result = train.train_and_evaluate(tiny(tokenizer_path, train__num_steps=2,
+  result = train.train_and_evaluate(tiny(tokenizer_path, train__num_steps=3,
                                          eval__sample_tokens=0), str(existing))
-  assert result.step == 2
+  assert result.step == 3
   assert {"config.json", "metrics.jsonl", "train.log", "notes.txt"} <= set(os.listdir(existing))
 
 
