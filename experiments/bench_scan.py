@@ -76,9 +76,12 @@ def main():
                       "half its 2048 channels, to fit this machine)")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK_SIZE)
-  p.add_argument("--impls", default="naive,associative,xla")
+  p.add_argument("--impls", default="naive,associative,xla",
+                 help="of naive, associative, xla, pallas_triton, pallas_mosaic")
   args = p.parse_args()
-  names = {"naive": "reference", "associative": "associative", "xla": "xla"}
+  # The fused kernels (pallas_triton, pallas_mosaic) run interpreted off a GPU: slow.
+  names = {"naive": "reference", "associative": "associative", "xla": "xla",
+           "pallas_triton": "pallas_triton", "pallas_mosaic": "pallas_mosaic"}
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, chunk {args.chunk}")
   rows = []
   for shape in args.shapes.split(","):

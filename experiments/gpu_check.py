@@ -5,8 +5,9 @@
 
 Needs jax, flax, optax, numpy, ml_collections and absl-py (pure Python: carry their wheels to a
 machine without them). Sections:
-  1. correctness of impl="pallas" against impl="xla" (outputs, last state, gradients of
-     every input) at three shapes, the study's (4, 1024, 2048, 16) among them;
+  1. correctness of impl="pallas" (Triton) against impl="xla" (outputs, last state,
+     gradients of every input) at three shapes, the study's (4, 1024, 2048, 16) among
+     them; on Hopper and newer also impl="pallas_mosaic" (the Mosaic GPU kernel);
   2. median forward and forward+backward times of both at the study shape;
   3. the forward's achieved bandwidth (its compulsory HBM traffic / time) against a
      measured device copy;
@@ -26,9 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from kernels import selective_scan  # noqa: E402
+from kernels import selective_scan
+from study_lib.checkout import import_from_checkout
 
 STUDY_SHAPE = (4, 1024, 2048, 16)
 SHAPES = [(2, 333, 320, 16), (3, 1000, 768, 8), STUDY_SHAPE]
@@ -60,6 +60,16 @@ def loss_and_grads(impl):
   return jax.jit(jax.value_and_grad(loss))
 
 
+def kernel_impls():
+  """The fused kernels to check: Triton ("pallas"), and Mosaic GPU on an sm_90+ GPU."""
+  from kernels import scan as kscan
+  impls = ["pallas"]
+  if ("pallas_mosaic" in kscan.available_implementations()
+      and jax.default_backend() == "gpu" and kscan._compute_capability() >= (9, 0)):
+    impls.append("pallas_mosaic")
+  return impls
+
+
 def rel_err(a, b):
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-6))
@@ -69,13 +79,17 @@ def check_correctness(shapes):
   rows = []
   for shape in shapes:
     x = scan_inputs(shape)
-    (y_p, h_p), (y_x, h_x) = (jax.jit(scan_fn(i))(x) for i in ("pallas", "xla"))
-    (_, g_p), (_, g_x) = (loss_and_grads(i)(x) for i in ("pallas", "xla"))
-    errs = {"y": rel_err(y_p, y_x), "last_state": rel_err(h_p, h_x)}
-    errs.update({f"d{k}": rel_err(g_p[k], g_x[k]) for k in g_x})
-    rows.append({"shape": shape, "max_rel_err": max(errs.values()), "errors": errs,
-                 "ok": max(errs.values()) <= 1e-4})
-    print(f"correctness {shape}: max relative error {max(errs.values()):.2e}", flush=True)
+    y_x, h_x = jax.jit(scan_fn("xla"))(x)
+    _, g_x = loss_and_grads("xla")(x)
+    for impl in kernel_impls():
+      y_p, h_p = jax.jit(scan_fn(impl))(x)
+      _, g_p = loss_and_grads(impl)(x)
+      errs = {"y": rel_err(y_p, y_x), "last_state": rel_err(h_p, h_x)}
+      errs.update({f"d{k}": rel_err(g_p[k], g_x[k]) for k in g_x})
+      rows.append({"impl": impl, "shape": shape, "max_rel_err": max(errs.values()),
+                   "errors": errs, "ok": max(errs.values()) <= 1e-4})
+      print(f"correctness {impl} {shape}: max relative error {max(errs.values()):.2e}",
+            flush=True)
   return rows
 
 
@@ -92,7 +106,7 @@ def median_time(fn, *args, repeats):
 def time_scans(shape, repeats):
   x = scan_inputs(shape)
   out = {}
-  for impl in ("pallas", "xla"):
+  for impl in (*kernel_impls(), "xla"):
     out[impl] = {"forward_s": median_time(jax.jit(scan_fn(impl)), x, repeats=repeats),
                  "forward_backward_s": median_time(loss_and_grads(impl), x, repeats=repeats)}
     print(f"timing {impl}: {out[impl]}", flush=True)
@@ -114,10 +128,9 @@ def forward_bytes(shape, chunk):
 
 def train_throughput(impl, steps, smoke):
   """The study model's real train step (mambaswelu_jax.bench_train) with `impl`."""
-  from configs import default
   from mambaswelu_jax import bench_train
 
-  config = default.get_config()
+  config = import_from_checkout("configs.default").get_config()
   config.model.scan_impl = impl
   if smoke:
     config.model.update(vocab_size=256, d_model=64, n_layers=2, dense_hidden=128)
@@ -157,9 +170,10 @@ def main():
       "copy_GBps": bw / 1e9, "forward_bytes": fwd_bytes,
       "forward_floor_s": fwd_bytes / bw,
       **{f"{impl}_forward_GBps": fwd_bytes / report["timing"][impl]["forward_s"] / 1e9
-         for impl in ("pallas", "xla")}}
+         for impl in report["timing"]}}
   steps = 2 if args.smoke else args.train_steps
-  report["train"] = [train_throughput(impl, steps, args.smoke) for impl in ("pallas", "xla")]
+  report["train"] = [train_throughput(impl, steps, args.smoke)
+                     for impl in (*kernel_impls(), "xla")]
 
   with open(args.out, "w") as f:
     json.dump(report, f, indent=2)
@@ -168,15 +182,16 @@ def main():
       f"GPU check: {report['device']} ({report['backend']}), jax {report['jax']}, "
       f"{report['date'][:10]}",
       "correctness (pallas vs xla, max relative error over y, state and 8 gradients):"]
-  lines += [f"  {str(tuple(r['shape'])):<22} {r['max_rel_err']:.2e}  "
+  lines += [f"  {r['impl']:<14}{str(tuple(r['shape'])):<22} {r['max_rel_err']:.2e}  "
             f"{'ok' if r['ok'] else 'FAIL'}" for r in report["correctness"]]
   lines += [f"scan at {tuple(timing_shape)}:      forward ms   fwd+bwd ms   forward GB/s",
             *[f"  {impl:<28} {t[impl]['forward_s'] * 1e3:10.3f} "
               f"{t[impl]['forward_backward_s'] * 1e3:12.3f} {bwr[impl + '_forward_GBps']:12.1f}"
-              for impl in ("pallas", "xla")],
-            f"  pallas speed-up over xla: forward "
-            f"{t['xla']['forward_s'] / t['pallas']['forward_s']:.2f}x, fwd+bwd "
-            f"{t['xla']['forward_backward_s'] / t['pallas']['forward_backward_s']:.2f}x",
+              for impl in t],
+            *[f"  {impl} speed-up over xla: forward "
+              f"{t['xla']['forward_s'] / t[impl]['forward_s']:.2f}x, fwd+bwd "
+              f"{t['xla']['forward_backward_s'] / t[impl]['forward_backward_s']:.2f}x"
+              for impl in kernel_impls()],
             f"  device copy {bwr['copy_GBps']:.1f} GB/s; forward memory floor "
             f"{bwr['forward_floor_s'] * 1e6:.1f} us",
             "train step (study model):  tokens/s/device   TFLOP/s/device   MFU    step ms",

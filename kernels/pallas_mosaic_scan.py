@@ -20,7 +20,7 @@ the same function as kernels/pallas_scan.py (Triton) with the same design:
 What differs from the Triton kernel, because of what Mosaic GPU expresses (JAX 0.10):
   * Data moves GMEM <-> SMEM by TMA copies of whole (T, 64) / (T, state) tiles; there are
     no masked loads. Tails are handled by padding outside the kernel: channels to a
-    multiple of 64, the state to a multiple of 8, the length to a multiple of T (steps
+    multiple of 64, the state to a multiple of 16, the length to a multiple of T (steps
     past the end get dt = 0, which leaves the state unchanged). TMA also needs 16-byte
     aligned rows, which the padding gives. The study model's shapes (2048 channels,
     state 16, length 1024) need no padding.
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -54,14 +55,34 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from kernels.pallas_scan import INTERPRET_SCOPE
 
 BLOCK_D = 64          # channels per program: the WGMMA layout's row tile
-STATE_ALIGN = 8       # the WGMMA layout's column tile; also 16-byte TMA rows in bf16
+STATE_ALIGN = 16      # the WGMMA layout tile (JAX 0.7 rejects 8 columns); 16-byte TMA rows
 SMEM_HISTORY_FLOATS = 16384  # cap on T * BLOCK_D * state_pad (the backward's history)
 CUSTOM_CALL_TARGET = "mosaic_gpu_v2"
 
 
-def _interpret_params():
-  from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams  # pylint: disable=import-outside-toplevel
-  return InterpretGPUParams()
+try:  # the GPU interpreter arrived with JAX 0.9 (an internal module: no public name yet)
+  from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+except ImportError:  # pragma: no cover
+  InterpretGPUParams = None
+_KERNEL_PARAMS = inspect.signature(plgpu.kernel).parameters
+# False on JAX < 0.9: the kernel still lowers for CUDA, but cannot run off a GPU.
+HAS_INTERPRETER = InterpretGPUParams is not None and "interpret" in _KERNEL_PARAMS
+
+
+def _kernel(body, out_type, scratch, grid, interpret):
+  """plgpu.kernel across JAX versions (out_type/scratch_types since 0.10)."""
+  kw = dict(grid=grid, grid_names=("batch", "block"))
+  if "out_type" in _KERNEL_PARAMS:
+    kw.update(out_type=out_type, scratch_types=scratch)
+  else:
+    kw.update(out_shape=out_type, scratch_shapes=scratch)
+  if interpret:
+    if not HAS_INTERPRETER:
+      raise NotImplementedError(
+          f"impl='pallas_mosaic' off a GPU needs the Mosaic GPU interpreter (JAX 0.9+); "
+          f"this is jax {jax.__version__}.")
+    kw["interpret"] = InterpretGPUParams()
+  return plgpu.kernel(body, **kw)
 
 
 def _round_up(x, m):
@@ -316,21 +337,18 @@ def _backward_kernel(u_ref, delta_ref, A_ref, B_ref, C_ref, D_ref, z_ref, bias_r
 
 
 def _call(kernel, st, out_type, scratch, *args):
-  def call(interpret):
-    return plgpu.kernel(
-        functools.partial(kernel, st=st, interpreted=interpret),
-        out_type=out_type, scratch_types=scratch, grid=st.grid,
-        grid_names=("batch", "block"),
-        interpret=_interpret_params() if interpret else None)(*args)
+  def call(interpret, *xs):
+    return _kernel(functools.partial(kernel, st=st, interpreted=interpret), out_type,
+                   scratch, st.grid, interpret)(*xs)
 
   if st.interpret is not None:
-    return call(st.interpret)
+    return call(st.interpret, *args)
 
   # The GPU interpreter carries an ordered IO effect, and `lax.platform_dependent` cannot
   # lower a cond whose branches differ in ordered effects (JAX 0.10: "Lowering rule for
   # `cond` returns incorrect set of output tokens"). So off CUDA the interpreted kernel
   # runs inside a pure host callback, which has no effect to stage.
-  interpret_jit = jax.jit(lambda *xs: call(True))
+  interpret_jit = jax.jit(functools.partial(call, True))
 
   def host(*xs):
     return jax.tree.map(np.asarray, interpret_jit(*xs))
@@ -339,7 +357,7 @@ def _call(kernel, st, out_type, scratch, *args):
     with jax.named_scope(INTERPRET_SCOPE):
       return jax.pure_callback(host, out_type, *args)
 
-  return lax.platform_dependent(cuda=lambda: call(False), default=interpreted)
+  return lax.platform_dependent(cuda=lambda: call(False, *args), default=interpreted)
 
 
 def _forward(st, u, delta, A, B, C, D, z, bias):

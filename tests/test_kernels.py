@@ -123,11 +123,17 @@ CASES = [pytest.param(shape, OPTIONS[(i + j) % len(OPTIONS)],
 # default suite takes the cases with every kind of tail, `-m slow` the rest.
 _MOSAIC_FAST = {"2x1x5x3-Dzbiassoftplus", "1x7x12x16-plain", "2x17x5x3-Dzbiassoftplus",
                 "2x17x5x3-Dbias"}
-IMPL_CASES = [
-    pytest.param(impl, *case.values, id=f"{impl}-{case.id}",
-                 marks=[pytest.mark.slow] if impl == "pallas_mosaic" and
-                 case.id not in _MOSAIC_FAST else [])
-    for impl in IMPLS for case in CASES]
+def _marks(impl, case_id=None):
+  if impl != "pallas_mosaic":
+    return []
+  from kernels.pallas_mosaic_scan import HAS_INTERPRETER
+  marks = [pytest.mark.skipif(not HAS_INTERPRETER, reason="no Mosaic GPU interpreter")]
+  return marks + ([pytest.mark.slow] if case_id and case_id not in _MOSAIC_FAST else [])
+
+
+IMPL_CASES = [pytest.param(impl, *case.values, id=f"{impl}-{case.id}",
+                           marks=_marks(impl, case.id))
+              for impl in IMPLS for case in CASES]
 
 
 @pytest.mark.parametrize("impl, shape, options", IMPL_CASES)
@@ -149,7 +155,7 @@ def test_float32_outputs_and_gradients_match_float64_reference(impl, shape, opti
     close(g[name], g_ref[name], 1e-4, f"d/d{name}")
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", [pytest.param(i, marks=_marks(i)) for i in IMPLS])
 def test_bfloat16_inputs(impl):
   """bf16 in, bf16 out: compared with float64 on the same bf16-rounded inputs."""
   rng = np.random.default_rng(7)

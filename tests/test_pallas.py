@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.pallas_mosaic_scan import mosaic_selective_scan
+from kernels.pallas_mosaic_scan import HAS_INTERPRETER, mosaic_selective_scan
 from kernels.pallas_scan import pallas_selective_scan
 from tests.test_kernels import NAMES, close, make_inputs, run
 
@@ -32,7 +32,8 @@ def value_and_grads(inputs, kernel=pallas_selective_scan, **kw):
 @pytest.mark.parametrize("kernel, channels, kw", [
     (pallas_selective_scan, 13, dict(block_d=4)),   # 13 channels, 5 states
     (pallas_selective_scan, 13, dict(block_d=8)),
-    (mosaic_selective_scan, 70, dict(interpret=True)),  # 64 + a tail of 6, padded
+    pytest.param(mosaic_selective_scan, 70, dict(interpret=True),  # 64 + a tail of 6
+                 marks=pytest.mark.skipif(not HAS_INTERPRETER, reason="no GPU interpreter")),
 ], ids=["triton-block4", "triton-block8", "mosaic-block64"])
 def test_several_channel_blocks_with_a_masked_tail_match_the_reference(kernel, channels, kw):
   x = make_inputs(np.random.default_rng(11), 2, 21, channels, 5)
@@ -61,7 +62,8 @@ def test_several_channel_blocks_with_a_masked_tail_match_the_reference(kernel, c
 
 @pytest.mark.parametrize("kernel, shape, kw", [
     (pallas_selective_scan, (3, 19, 12, 4), dict(block_d=4)),   # 3 x 3 programs
-    (mosaic_selective_scan, (2, 11, 128, 4), dict(interpret=True)),  # 2 x 2 programs
+    pytest.param(mosaic_selective_scan, (2, 11, 128, 4), dict(interpret=True),  # 2 x 2
+                 marks=pytest.mark.skipif(not HAS_INTERPRETER, reason="no GPU interpreter")),
 ], ids=["triton", "mosaic"])
 def test_result_does_not_depend_on_the_order_programs_run_in(kernel, shape, kw):
   x = make_inputs(np.random.default_rng(12), *shape)
@@ -87,3 +89,23 @@ def test_mosaic_refuses_float64():
     x = make_inputs(np.random.default_rng(14), 1, 4, 3, 2, dtype=np.float64)
     with pytest.raises(ValueError, match="float32"):
       mosaic_selective_scan(*(jnp.asarray(x[k]) for k in NAMES), True)
+
+
+@pytest.mark.skipif(not HAS_INTERPRETER, reason="no Mosaic GPU interpreter")
+def test_mosaic_by_platform_under_jit_equals_the_forced_interpreter():
+  """interpret=None off CUDA runs the GPU interpreter in a host callback; under jit too."""
+  x = make_inputs(np.random.default_rng(15), 1, 9, 6, 3)
+  names = [k for k in NAMES if x[k] is not None]
+  args = [jnp.asarray(x[k]) for k in names]
+
+  def loss(interpret):
+    def f(*xs):
+      y, h = mosaic_selective_scan(*xs, True, 4, interpret=interpret)
+      return jnp.sum(y * y) + jnp.sum(h)
+    return jax.value_and_grad(f, argnums=tuple(range(len(names))))
+
+  v, g = jax.jit(loss(None))(*args)
+  v_ref, g_ref = loss(True)(*args)
+  close(v, v_ref, 1e-6, "loss")
+  for name, a, b in zip(names, g, g_ref):
+    close(a, b, 1e-6, f"d/d{name}")
