@@ -3,121 +3,20 @@
 A real selective-SSM MambaSWELU: 6 Mamba blocks + 3 dense SWELU layers, width 1024.
 Run configs (slimpajama_*, wikipedia_*) start from this one and set their data and
 token budget; `demo.py` shrinks it to an offline CPU run.
+
+The keys and the study's values live in the package, in mambaswelu_jax/config_defaults.py:
+it is the reference every run config is checked against (keys and types), so an
+installed package validates configs without this checkout. A new key is added there.
 """
 
 import ml_collections
 
+from mambaswelu_jax import config_defaults
+
 
 def model_config() -> ml_collections.ConfigDict:
-  m = ml_collections.ConfigDict()
-  m.vocab_size = 50257          # must equal the tokenizer's vocabulary size
-  m.d_model = 1024
-  m.n_layers = 6                # Mamba blocks
-  m.d_state = 16
-  m.d_conv = 4
-  m.expand = 2
-  m.dt_rank = 0                 # 0 -> ceil(d_model / 16), as in the Mamba paper
-  m.dt_min = 1e-3
-  m.dt_max = 0.1
-  m.dense_hidden = 2048         # three dense SWELU layers: d -> h -> h -> d
-  m.mixer = "selective"         # selective | gated_conv (the original's as-run block)
-  m.activation = "swelu"        # swelu | silu
-  m.swelu_k_init = 1.0
-  m.swelu_lambda_init = 1.0
-  m.swelu_learn_lambda = True
-  m.swelu_learn_k = True        # False: k stays at swelu_k_init (the fixed-k ablation)
-  m.norm = "layernorm"          # layernorm | rmsnorm
-  m.norm_eps = 1e-5
-  m.learned_positions = False   # a selective SSM needs none; the original had them
-  m.max_len = 1024              # size of the learned position table when enabled
-  m.scan_impl = "auto"          # auto | xla | reference | pallas
-  m.scan_chunk = 16             # steps between the states the backward keeps
-  m.compute_dtype = "bfloat16"  # matmuls; the scan, norms and SWELU stay in float32
-  m.param_dtype = "float32"
-  m.remat = False               # recompute each block's activations in the backward (less memory)
-  # The architecture: the MambaSWELU model above, or a same-framework Transformer
-  # baseline (models/transformer.py; it reads d_model, n_layers, vocab_size, norm,
-  # norm_eps, learned_positions (else rotary), max_len (also its KV-cache length),
-  # compute_dtype and param_dtype, plus the fields below).
-  m.architecture = "mamba"      # mamba | transformer
-  m.n_heads = 4                 # transformer: attention heads (d_model % n_heads == 0)
-  m.mlp = "gelu"                # transformer: gelu | swiglu
-  m.mlp_hidden = 0              # transformer: MLP width; 0 -> 4 d (gelu) or 8/3 d (swiglu)
-  return m
+  return config_defaults.model_config()
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.model = model_config()
-
-  config.data = ml_collections.ConfigDict()
-  config.data.source = "embedded"      # embedded | slimpajama | wikipedia
-  config.data.seq_len = 1024
-  config.data.tokens_per_parameter = 20.0
-  # Where the documents come from (mambaswelu_jax/data/sources.py).
-  config.data.data_dir = ""            # slimpajama: the SlimPajama-627B copy; wikipedia: tfds data_dir
-  config.data.wikipedia_config = "20230601.en"  # tfds wikipedia/<config>
-  config.data.try_gcs = False          # wikipedia: read the prepared tfds copy from GCS
-  config.data.validation_fraction = 0.02  # embedded / wikipedia: held out by a hash of the id
-  config.data.test_fraction = 0.02
-  config.data.text_types = ""          # "" all; "docstring" / "a,b": keep only these types (every split)
-  config.data.smoke_sample = False     # slimpajama/wikipedia, data_dir "": read a small sample in the
-                                       # real format written from the embedded corpus (set by :smoke)
-  # Tokenizer: one per study; a run copies it into workdir/tokenizer.model.
-  config.data.tokenizer_path = ""      # "" -> train one on the source's train split
-  config.data.vocab_size = config.model.get_ref("vocab_size")  # size when training one
-  config.data.tokenizer_sample_bytes = 8_000_000  # text sampled to train one (~seconds)
-  # Training input pipeline (grain).
-  config.data.num_workers = 0          # tokenizing worker processes; 0 = in-process
-  config.data.worker_buffer_size = 16  # tokenized chunks queued per worker
-  config.data.tokenize_chunk_docs = 8  # documents per worker task (fewer queue hops; same batches)
-  config.data.pretokenized_dir = ""    # shards from `python -m mambaswelu_jax.data.pretokenize`
-  config.data.max_documents = 0        # on-the-fly: cap on train documents held in memory (0: all)
-  config.data.max_text_bytes = 8 << 30  # on-the-fly: refuse larger splits (pre-tokenize them)
-
-  config.train = ml_collections.ConfigDict()
-  config.train.global_batch_size = 16  # sequences per optimizer step (all devices, all hosts)
-  config.train.micro_batch_per_device = 4  # accumulation = global / (micro * devices)
-  config.train.num_steps = 0           # 0 -> tokens_per_parameter * parameters / tokens per step
-  config.train.learning_rate = 3e-4
-  config.train.warmup_steps = 2000
-  config.train.min_lr_ratio = 0.1      # cosine decays to learning_rate * min_lr_ratio
-  config.train.weight_decay = 0.1      # AdamW, masked by models.weight_decay_mask
-  config.train.b1 = 0.9
-  config.train.b2 = 0.95
-  config.train.eps = 1e-8
-  config.train.grad_clip_norm = 1.0    # global-norm clipping; 0 disables
-  config.train.log_every_steps = 100
-  config.train.stop_at_step = 0        # >0: checkpoint and stop there (resume later); schedule unchanged
-  config.train.peak_tflops_per_device = 0.0  # 0 -> from the device kind (for MFU)
-  config.train.data_streams = 0        # data streams making the global batch; 0 -> one per process
-  # Non-finite steps (README "Fault tolerance"): a step whose loss, gradients or new
-  # params are NaN/Inf is not applied (counted as skipped_updates); after this many in
-  # a row the last good checkpoint is reloaded and the learning rate scaled.
-  config.train.max_consecutive_nonfinite = 8  # 0: never reload (skip only)
-  config.train.nonfinite_lr_factor = 0.5      # learning-rate scale applied at each reload
-  config.train.max_nonfinite_reloads = 5      # then stop with exit status 4 (diverged)
-  config.train.data_order_log = True   # DIR/data_order.jsonl: a hash of each step's batch
-  # Out-of-memory pre-flight (mambaswelu_jax/memory_check.py): before step 1 the train
-  # step is compiled and its memory compared with the device's; a step that does not fit
-  # stops the run (exit status 2) naming the micro-batch (or model.remat) that fits.
-  config.train.memory_check = True
-  config.train.memory_limit_bytes = 0  # per device; 0: the device's own (CPU: host memory / devices)
-
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = 5000  # full state (params, optimizer, data iterator)
-  config.checkpoint.max_to_keep = 3     # full states kept (the newest)
-  config.checkpoint.snapshot_every_steps = 5000  # params-only snapshots, kept forever; 0 -> none
-  config.checkpoint.async_save = True
-  config.checkpoint.allow_config_change = False  # resume a workdir written by another config
-  config.checkpoint.on_write_error = "continue"  # continue | stop (exit status 3): a failed write
-
-  config.eval = ml_collections.ConfigDict()
-  config.eval.every_steps = 1000
-  config.eval.max_batches = 50          # per evaluation; 0 -> the whole validation split
-  config.eval.batch_per_device = 4
-  config.eval.sample_tokens = 0         # >0: print a sampled continuation at the end
-  config.eval.sample_prompt = ""
-  config.eval.sample_temperature = 0.8
-  return config
+  return config_defaults.get_config()

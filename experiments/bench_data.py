@@ -11,15 +11,12 @@ the pre-tokenized (memmap shards) pipeline's tokens/s from this one process.
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import ml_collections
 
-import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from mambaswelu_jax.data import pipeline, pretokenize, sources, tokenizer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mambaswelu_jax.data import pipeline, pretokenize, sources, tokenizer
 
 
 def tokens_per_second(ds, batch, seq_len, seconds, warmup=3):

@@ -21,11 +21,9 @@ import os
 import shlex
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments.study_lib import collect  # pylint: disable=wrong-import-position
-from experiments.study_lib import report  # pylint: disable=wrong-import-position
-from experiments.study_lib import runs as runs_lib  # pylint: disable=wrong-import-position
+from study_lib import collect
+from study_lib import report
+from study_lib import runs as runs_lib
 
 
 def specs_for(root: str, scale: str | None):

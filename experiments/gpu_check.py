@@ -27,9 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from kernels import selective_scan  # noqa: E402
+from kernels import selective_scan
+from study_lib.checkout import import_from_checkout
 
 STUDY_SHAPE = (4, 1024, 2048, 16)
 SHAPES = [(2, 333, 320, 16), (3, 1000, 768, 8), STUDY_SHAPE]
@@ -129,10 +128,9 @@ def forward_bytes(shape, chunk):
 
 def train_throughput(impl, steps, smoke):
   """The study model's real train step (mambaswelu_jax.bench_train) with `impl`."""
-  from configs import default
   from mambaswelu_jax import bench_train
 
-  config = default.get_config()
+  config = import_from_checkout("configs.default").get_config()
   config.model.scan_impl = impl
   if smoke:
     config.model.update(vocab_size=256, d_model=64, n_layers=2, dense_hidden=128)

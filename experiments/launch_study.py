@@ -41,9 +41,7 @@ import os
 import shlex
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments.study_lib import runs as runs_lib  # pylint: disable=wrong-import-position
+from study_lib import runs as runs_lib
 
 
 def plan(root: str, specs, devices: list) -> list[tuple]:

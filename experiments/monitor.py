@@ -34,10 +34,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments.study_lib import runs as runs_lib  # pylint: disable=wrong-import-position
-from experiments.study_lib import status as status_lib  # pylint: disable=wrong-import-position
+from study_lib import runs as runs_lib
+from study_lib import status as status_lib
 
 
 EXIT_HEALTHY, EXIT_PROBLEM, EXIT_NOT_STARTED = 0, 1, 3
@@ -52,7 +50,7 @@ def exit_status(statuses) -> int:
   return EXIT_HEALTHY
 
 
-def summary(statuses) -> str:
+def verdict(statuses) -> str:
   """The table's last line(s): what needs attention, what has not started, or all well."""
   bad = [s.name for s in statuses if s.problem]
   idle = [s.name for s in statuses if s.state == "not started"]
@@ -158,7 +156,7 @@ def format_table(statuses, gpus, root: str) -> str:
       else:
         lines.append(f"{g['index']:<4} {g['name'][:25]:<25} {g['util']:>5}  "
                      f"{g['mem_used']} / {g['mem_total']}")
-  lines.append(summary(statuses))
+  lines.append(verdict(statuses))
   return "\n".join(lines)
 
 
@@ -171,7 +169,7 @@ def snapshot(args) -> tuple[str, int, list]:
   code = exit_status(statuses)
   if args.json:
     doc = {"root": os.path.abspath(args.root), "time": time.time(), "exit_status": code,
-           "summary": summary(statuses), "gpus": gpus,
+           "summary": verdict(statuses), "gpus": gpus,
            "runs": [{**s.__dict__, "percent": s.percent, "problem": s.problem}
                     for s in statuses]}
     return json.dumps(doc, indent=1, default=str), code, statuses

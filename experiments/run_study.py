@@ -39,14 +39,13 @@ import shlex
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments import compare as compare_lib  # pylint: disable=wrong-import-position
-from experiments import launch_study  # pylint: disable=wrong-import-position
-from experiments import monitor  # pylint: disable=wrong-import-position
-from experiments.study_lib import collect  # pylint: disable=wrong-import-position
-from experiments.study_lib import postprocess  # pylint: disable=wrong-import-position
-from experiments.study_lib import runs as runs_lib  # pylint: disable=wrong-import-position
+import compare as compare_lib
+import launch_study
+import monitor
+from study_lib import collect
+from study_lib import postprocess
+from study_lib import runs as runs_lib
+from study_lib.checkout import import_from_checkout
 
 STAGES = ("tokenizer", "train", "evaluate", "benchmarks", "generate", "report")
 QUESTION_STAGES = ("tokenizer", "train", "report")
@@ -223,7 +222,7 @@ class Study:
     os.makedirs(self.root, exist_ok=True)
     self.specs = runs_lib.SCALES[args.scale]
     if args.questions:
-      from experiments.study_lib import questions as questions_lib  # pylint: disable=import-outside-toplevel
+      from study_lib import questions as questions_lib  # pylint: disable=import-outside-toplevel
       self.specs = questions_lib.specs(
           args.scale, questions_lib.parse_questions(args.questions),
           tuple(int(x) for x in args.seeds.split(",") if x.strip()))
@@ -323,7 +322,7 @@ def stage_generate(study: Study) -> None:
 
 
 def _toy_note() -> str:
-  from configs import toy_study  # pylint: disable=import-outside-toplevel
+  toy_study = import_from_checkout("configs.toy_study")
   long_r, short_r = toy_study.LONG_TOKENS_PER_PARAMETER, toy_study.SHORT_TOKENS_PER_PARAMETER
   return ("Toy scale: a small MambaSWELU (configs/toy_study.py) on the Python standard library's "
           "docstrings and code (no download). 'SlimPajama' is the mixture of both text types, "
@@ -363,7 +362,7 @@ def stage_report(study: Study) -> None:
   command = "python experiments/run_study.py " + shlex.join(
       a for a in study.argv if not a.startswith("--note"))
   if args.questions:
-    from experiments.study_lib import questions as questions_lib  # pylint: disable=import-outside-toplevel
+    from study_lib import questions as questions_lib  # pylint: disable=import-outside-toplevel
     path = study.timed("report", lambda: questions_lib.build_report(
         collect.load_study(root, study.specs), args.out, scale=args.scale, notes=notes,
         command=command))

@@ -16,6 +16,8 @@ from typing import Any
 
 import ml_collections
 
+from mambaswelu_jax import config_defaults
+
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the key and the fix."""
@@ -42,7 +44,7 @@ RESUMABLE_CHANGES = (
     "eval.*",
 )
 
-# Choices documented in configs/default.py.
+# Choices documented in mambaswelu_jax/config_defaults.py.
 _CHOICES = {
     "model.compute_dtype": ("bfloat16", "float32", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -57,14 +59,13 @@ _CHOICES = {
 
 
 # ----------------------------------------------------------------------------
-# Structure: unknown keys and wrong types, against configs/default.py.
+# Structure: unknown keys and wrong types, against mambaswelu_jax/config_defaults.py.
 # ----------------------------------------------------------------------------
 
 
 def reference_config() -> ml_collections.ConfigDict:
-  """The schema every run config must follow: `configs/default.py`."""
-  from configs import default  # pylint: disable=import-outside-toplevel
-  return default.get_config()
+  """The schema every run config must follow: `mambaswelu_jax/config_defaults.py`."""
+  return config_defaults.get_config()
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -111,8 +112,8 @@ def check_structure(config: ml_collections.ConfigDict,
       near = difflib.get_close_matches(key, list(ref), n=1)
       hint = f" Did you mean '{near[0]}'?" if near else ""
       raise ConfigError(
-          f"unknown config key '{key}'.{hint} Keys come from configs/default.py; "
-          f"remove it or add it there.")
+          f"unknown config key '{key}'.{hint} Keys come from "
+          f"mambaswelu_jax/config_defaults.py; remove it or add it there.")
     if not _type_ok(ref[key], value):
       raise ConfigError(
           f"config key '{key}' has type {type(value).__name__} ({value!r}); expected "
@@ -245,14 +246,6 @@ def check_values(config: ml_collections.ConfigDict) -> None:
 # ----------------------------------------------------------------------------
 
 
-def parameter_count(model_config: ml_collections.ConfigDict) -> int:
-  """Parameters of the model, from shapes only (`nnx.eval_shape`: nothing allocated)."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax.models import build_model, count_parameters  # pylint: disable=import-outside-toplevel
-  abstract = nnx.eval_shape(lambda: build_model(model_config, nnx.Rngs(0)))
-  return int(count_parameters(abstract))
-
-
 def tokens_per_step(config: ml_collections.ConfigDict) -> int:
   return int(config.train.global_batch_size) * int(config.data.seq_len)
 
@@ -260,7 +253,9 @@ def tokens_per_step(config: ml_collections.ConfigDict) -> int:
 def derived_num_steps(config: ml_collections.ConfigDict, num_params: int | None = None) -> int:
   """tokens_per_parameter x parameters / tokens per optimizer step, rounded."""
   if num_params is None:
-    num_params = parameter_count(config.model)
+    # Imported here: the model (and JAX) only when the count is needed.
+    from mambaswelu_jax.models.params import param_count  # pylint: disable=import-outside-toplevel
+    num_params = param_count(config.model)
   return max(1, int(round(config.data.tokens_per_parameter * num_params / tokens_per_step(config))))
 
 

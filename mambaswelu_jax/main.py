@@ -22,11 +22,6 @@ import os
 import re
 import sys
 
-# configs/ is a package at the repository root, next to this package.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if os.path.isdir(os.path.join(_ROOT, "configs")) and _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)
-
 # TensorFlow (under CLU's TensorBoard writer) need not announce its CPU kernels.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

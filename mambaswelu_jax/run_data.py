@@ -55,6 +55,7 @@ class _Streams:
       it.set_state(st)
 
   def start_prefetch(self) -> None:
+    """Called by grain's checkpoint handler after it restores the state."""
     for it in self.iterators:
       if hasattr(it, "start_prefetch"):
         it.start_prefetch()

@@ -15,11 +15,10 @@ import math
 import jax
 from absl import app
 from absl import flags
-from flax import nnx
 from ml_collections import config_flags
 
-from mambaswelu_jax.models import build_model
 from mambaswelu_jax.models.flops import flops_per_token
+from mambaswelu_jax.models.params import abstract_params
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.",
                                           lock_config=True)
@@ -40,9 +39,8 @@ _COMPONENTS = {
 
 
 def parameters_by_component(model_cfg) -> "collections.OrderedDict[str, int]":
-  abstract = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
   counts = collections.OrderedDict()
-  for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(abstract, nnx.Param)):
+  for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params(model_cfg)):
     names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
     component = next((_COMPONENTS[n] for n in reversed(names) if n in _COMPONENTS),
                      "/".join(names))

@@ -63,7 +63,8 @@ def test_steps_from_tokens_per_parameter():
 
 def test_original_124m_parameter_count_without_allocating():
   from configs import original_124m
-  assert cv.parameter_count(original_124m.get_config().model) == 124_104_719
+  from mambaswelu_jax.models.params import param_count
+  assert param_count(original_124m.get_config().model) == 124_104_719
 
 
 def test_num_steps_override_is_kept():

@@ -29,8 +29,7 @@ def test_gpu_check_smoke_writes_a_report(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
 def test_compiled_pallas_kernels_match_xla_on_gpu():
-  sys.path.insert(0, os.path.join(ROOT, "experiments"))
-  import gpu_check
+  import gpu_check  # experiments/ is on the test path (pytest.ini)
   for shape in [(2, 333, 320, 16), (1, 1024, 2048, 16)]:
     x = gpu_check.scan_inputs(shape)
     (y_p, h_p), (y_x, h_x) = (jax.jit(gpu_check.scan_fn(i))(x) for i in ("pallas", "xla"))

@@ -52,7 +52,7 @@ def test_dataset_pair_differs_only_in_its_data(scale):
 
 
 def test_question_runs_are_unique_and_the_dataset_question_brings_its_first_arm():
-  from experiments.study_lib import questions
+  from study_lib import questions
   every = questions.specs("toy", seeds=(0, 1))
   assert len({s.name for s in every}) == len(every)
   only = questions.specs("full", ("dataset",), seeds=(0,))
@@ -81,7 +81,7 @@ def synthetic_surface(noise=0.0, seed=0):
 
 
 def test_scaling_law_fit_recovers_known_parameters():
-  from experiments.study_lib import scaling
+  from study_lib import scaling
   truth, n, d, loss = synthetic_surface()
   fit = scaling.fit_scaling_law(n, d, loss)
   for k in ("E", "alpha", "beta"):
@@ -92,7 +92,7 @@ def test_scaling_law_fit_recovers_known_parameters():
 
 
 def test_scaling_law_bootstrap_intervals_cover_the_truth_under_noise():
-  from experiments.study_lib import scaling
+  from study_lib import scaling
   truth, n, d, loss = synthetic_surface(noise=0.005, seed=3)
   boot = scaling.bootstrap_scaling_law(n, d, loss, resamples=30, grid=10, seed=1)
   for k in ("alpha", "beta", "E"):
@@ -150,7 +150,7 @@ def _fake_run(root, spec, num_params, losses, tokens_per_step=2048, seed=0):
 
 
 def test_questions_report_reads_ablations_and_fits_the_sweep(tmp_path):
-  from experiments.study_lib import collect, questions
+  from study_lib import collect, questions
   specs = questions.specs("toy")
   rng = np.random.default_rng(0)
   effect = {"none": 0.0, "silu": 0.05, "fixed_k": 0.0, "gated_conv": 0.3, "transformer": -0.1}
@@ -193,8 +193,8 @@ def test_toy_questions_end_to_end(tmp_path):
   """The real `run_study --questions=all` pipeline (detached runs, waves, report), with
   every run cut to a few steps; the full toy run is the committed docs/toy_questions."""
   import os
-  from experiments import run_study  # pylint: disable=import-outside-toplevel
-  from experiments.study_lib import questions, status as status_lib
+  import run_study  # pylint: disable=import-outside-toplevel
+  from study_lib import questions, status as status_lib
   root, out = str(tmp_path / "q"), str(tmp_path / "report")
   code = run_study.main([f"--root={root}", f"--out={out}", "--poll=3", "--questions=all",
                          "--seeds=0", "--max_parallel=7",

@@ -15,14 +15,15 @@ import time
 import numpy as np
 import pytest
 
-from experiments import compare
-from experiments import launch_study
-from experiments import monitor
-from experiments.study_lib import collect
-from experiments.study_lib import powerlaw
-from experiments.study_lib import runs as runs_lib
-from experiments.study_lib import status as status_lib
-from experiments.study_lib import synthetic
+# experiments/ is on the test path (pytest.ini), as for `python experiments/x.py`.
+import compare
+import launch_study
+import monitor
+from study_lib import collect
+from study_lib import powerlaw
+from study_lib import runs as runs_lib
+from study_lib import status as status_lib
+from study_lib import synthetic
 
 SPEC = runs_lib.RunSpec("toy_mixture_long", "configs/toy_study.py", "mixture_long",
                         role="general_long")
@@ -458,7 +459,7 @@ def test_train_log_segments_give_wall_clock_and_device_hours(tmp_path):
       "2026-01-01 12:30:00 I done at step 20 in 30m\n")
   segs = collect.parse_train_log(str(log))
   assert [s.seconds for s in segs] == [3600, 1800] and segs[-1].finished
-  run = collect.RunData(name="w", workdir=str(tmp_path), config={}, segments=segs)
+  run = collect.RunRecord(name="w", workdir=str(tmp_path), config={}, segments=segs)
   assert run.wall_seconds == 5400 and run.device_hours == pytest.approx(3.0)
   assert run.devices == 2 and run.device_kind == "NVIDIA H100"
 
@@ -479,7 +480,7 @@ def test_interpolation_and_spikes():
 
 @pytest.mark.slow
 def test_toy_study_end_to_end(tmp_path):
-  from experiments import run_study  # pylint: disable=import-outside-toplevel
+  import run_study  # pylint: disable=import-outside-toplevel
   root, out = str(tmp_path / "toy"), str(tmp_path / "report")
   assert run_study.main([f"--root={root}", f"--out={out}", "--poll=5"]) == 0
   text = open(os.path.join(out, "README.md")).read()
@@ -498,7 +499,7 @@ def test_pool_starts_the_next_run_when_one_ends_and_reports_failures(tmp_path):
   at once, not when its slowest neighbour ends (as waves would); a run that exits
   unfinished is reported and the pool still returns."""
   import argparse  # pylint: disable=import-outside-toplevel
-  from experiments import run_study  # pylint: disable=import-outside-toplevel
+  import run_study  # pylint: disable=import-outside-toplevel
   events = tmp_path / "events"
   fake = tmp_path / "fake_python"
   fake.write_text(

@@ -3,7 +3,7 @@ and bits per byte, benchmarks, generations, cost, SWELU's k and λ, and the powe
 L(D) = E + B D^-beta; with the measurements the hypotheses reuse (the runs by role, the
 final evaluated step, the evaluation noise, per-type results on a common footing).
 
-Runs play roles (RunData.role): general_long (SlimPajama 100x), general_short
+Runs play roles (RunRecord.role): general_long (SlimPajama 100x), general_short
 (SlimPajama 20x), specific_long (Wikipedia 100x).
 """
 
@@ -14,11 +14,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from experiments.study_lib import collect
-from experiments.study_lib import markdown as md
-from experiments.study_lib import powerlaw
-from experiments.study_lib import published
-from experiments.study_lib import status as status_lib
+from study_lib import collect
+from study_lib import markdown as md
+from study_lib import powerlaw
+from study_lib import published
+from study_lib import status as status_lib
 
 ROLE_NAMES = {
     "general_long": "general data, long budget (SlimPajama LLaMA)",

@@ -1,6 +1,6 @@
 """Everything the report needs from one workdir, read from files only.
 
-  RunData.load(workdir, spec=None)
+  RunRecord.load(workdir, spec=None)
 
 reads config.json, metrics.jsonl, eval/<step>.json (the evaluation tool's output,
 with the study's cross-evaluations under "cross"), generations.json (written by
@@ -18,8 +18,8 @@ import os
 import re
 from typing import Any
 
-from experiments.study_lib import runs as runs_lib
-from experiments.study_lib import status as status_lib
+from study_lib import runs as runs_lib
+from study_lib import status as status_lib
 
 _TS = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})")
 _START = re.compile(r"run (.*?): (\d+) device\(s\) (.*?) over (\d+) process")
@@ -74,7 +74,9 @@ def parse_train_log(path: str) -> list[Segment]:
 
 
 @dataclasses.dataclass
-class RunData:
+class RunRecord:
+  """One run as its workdir recorded it (the report's view; the trainer's data pipeline
+  is mambaswelu_jax.run_data.RunData)."""
   name: str
   workdir: str
   config: dict
@@ -91,7 +93,7 @@ class RunData:
   # --- Loading.
 
   @classmethod
-  def load(cls, workdir: str, spec: runs_lib.RunSpec | None = None) -> "RunData":
+  def load(cls, workdir: str, spec: runs_lib.RunSpec | None = None) -> "RunRecord":
     workdir = os.path.abspath(workdir)
     name = os.path.basename(os.path.normpath(workdir))
     config = runs_lib.load_json(os.path.join(workdir, "config.json")) or {}
@@ -173,9 +175,6 @@ class RunData:
         xs.append(r.get("tokens_seen") or r["step"] * self.tokens_per_step)
         ys.append(float(v))
     return xs, ys
-
-  def steps_of(self, key: str) -> list[int]:
-    return [int(r["step"]) for r in self.metrics if finite(r.get(key))]
 
   def validation_curve(self) -> tuple[list[float], list[float], str]:
     """(tokens, loss, where from): eval JSON validation losses when there are at least
@@ -314,7 +313,7 @@ def spikes(losses: list[float], k: float = 3.0, warm: int = 5) -> list[int]:
   return out
 
 
-def load_study(root: str, specs=None, names: list[str] | None = None) -> list[RunData]:
+def load_study(root: str, specs=None, names: list[str] | None = None) -> list[RunRecord]:
   """The study's runs under `root` that have a config.json, in study order."""
   root = os.path.abspath(root)
   out = []
@@ -323,7 +322,7 @@ def load_study(root: str, specs=None, names: list[str] | None = None) -> list[Ru
   for spec in specs:
     wd = os.path.join(root, spec.name)
     if os.path.exists(os.path.join(wd, "config.json")) and (not names or spec.name in names):
-      out.append(RunData.load(wd, spec))
+      out.append(RunRecord.load(wd, spec))
       seen.add(spec.name)
   if not specs:
     try:
@@ -331,7 +330,7 @@ def load_study(root: str, specs=None, names: list[str] | None = None) -> list[Ru
         wd = os.path.join(root, d)
         if d not in seen and os.path.exists(os.path.join(wd, "config.json")) and (
             not names or d in names):
-          out.append(RunData.load(wd))
+          out.append(RunRecord.load(wd))
     except OSError:
       pass
   return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from experiments.study_lib import status as status_lib
+from study_lib import status as status_lib
 
 
 def load_pyplot():

@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 import os
 
-from experiments.study_lib import analysis
-from experiments.study_lib import collect
-from experiments.study_lib import markdown as md
-from experiments.study_lib import runs as runs_lib
+from study_lib import analysis
+from study_lib import collect
+from study_lib import markdown as md
+from study_lib import runs as runs_lib
 
 LN2 = math.log(2.0)
 # The specific run's text type as it appears inside the general corpus.

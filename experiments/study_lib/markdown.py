@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from experiments.study_lib import status as status_lib
+from study_lib import status as status_lib
 
 finite = status_lib.finite
 

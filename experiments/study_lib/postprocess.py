@@ -21,8 +21,8 @@ import math
 import os
 import time
 
-from experiments.study_lib import collect
-from experiments.study_lib import runs as runs_lib
+from study_lib import collect
+from study_lib import runs as runs_lib
 
 PROMPTS = ("The future of artificial intelligence is", "def ", "Return the")
 BENCHMARKS = ("lambada_openai", "hellaswag", "piqa", "winogrande")
@@ -137,10 +137,9 @@ def evaluate_study(runs, *, max_tokens: int = 16384, log=print) -> dict:
     info = runs_lib.load_json(os.path.join(r.workdir, "study_run.json")) or {}
     info.update({"role": r.role, "label": r.label})
     try:
-      from mambaswelu_jax import config_validation  # pylint: disable=import-outside-toplevel
       import ml_collections  # pylint: disable=import-outside-toplevel
-      info["num_params"] = config_validation.parameter_count(
-          ml_collections.ConfigDict(r.config["model"]))
+      from mambaswelu_jax.models.params import param_count  # pylint: disable=import-outside-toplevel
+      info["num_params"] = param_count(ml_collections.ConfigDict(r.config["model"]))
     except Exception as e:  # pylint: disable=broad-except
       log(f"{r.name}: parameter count unavailable ({e})")
     split_tokens = _train_split_tokens(r, bpt)
@@ -233,6 +232,6 @@ def benchmarks_study(runs, *, limit: int = 0, log=print) -> str:
 
 
 def reload(runs):
-  """Fresh RunData for the same workdirs (after files were written)."""
+  """Fresh RunRecord for the same workdirs (after files were written)."""
   specs = {s.name: s for scale in runs_lib.SCALES.values() for s in scale}
-  return [collect.RunData.load(r.workdir, specs.get(r.name)) for r in runs]
+  return [collect.RunRecord.load(r.workdir, specs.get(r.name)) for r in runs]

@@ -24,10 +24,11 @@ import os
 
 import numpy as np
 
-from experiments.study_lib import figures
-from experiments.study_lib import markdown as md
-from experiments.study_lib import runs as runs_lib
-from experiments.study_lib import scaling
+from study_lib import figures
+from study_lib import markdown as md
+from study_lib import runs as runs_lib
+from study_lib import scaling
+from study_lib.checkout import import_from_checkout
 
 ABLATIONS = ("silu", "fixed_k", "gated_conv", "transformer")
 EXP_BOUNDS = (0.02, 2.0)   # the exponents' search range in the L(N, D) fits
@@ -55,8 +56,8 @@ def parse_questions(text: str) -> tuple:
 
 def specs(scale: str, questions=QUESTIONS, seeds=(0, 1, 2)) -> list:
   """The RunSpecs of the chosen questions. Toy: configs' `/toy` variants."""
-  from configs import ablations  # pylint: disable=import-outside-toplevel
-  from configs import scaling_sweep  # pylint: disable=import-outside-toplevel
+  ablations = import_from_checkout("configs.ablations")
+  scaling_sweep = import_from_checkout("configs.scaling_sweep")
   toy = scale == "toy"
   first, second = ablations.DATASET_PAIRS["toy" if toy else "full"]
   out = []
@@ -119,8 +120,8 @@ def num_params(run) -> int | None:
   model = (run.config or {}).get("model")
   if model:
     import ml_collections  # pylint: disable=import-outside-toplevel
-    from mambaswelu_jax import config_validation  # pylint: disable=import-outside-toplevel
-    run.num_params = config_validation.parameter_count(ml_collections.ConfigDict(model))
+    from mambaswelu_jax.models.params import param_count  # pylint: disable=import-outside-toplevel
+    run.num_params = param_count(ml_collections.ConfigDict(model))
   return run.num_params
 
 
@@ -263,7 +264,7 @@ def paired_summary(deltas, above: str = "base better",
 
 def section_dataset(runs, scale: str) -> tuple[list, dict]:
   """Q1b: SWELU versus SiLU on each of two data sets, and the difference of the effects."""
-  from configs import ablations  # pylint: disable=import-outside-toplevel
+  ablations = import_from_checkout("configs.ablations")
   names = ablations.DATASET_PAIRS["toy" if scale == "toy" else "full"]
   lines = ["## 2b. Is SWELU's effect dataset-dependent? (Q1b)", "",
            f"The SiLU ablation repeated on a second data set (`{names[1]}`) at the first's "
@@ -325,7 +326,7 @@ def _fit_arch(runs, arch, resamples):
 
 
 def section_sweep(runs, out_dir, plt, resamples: int = 200) -> tuple[list, dict]:
-  from configs import scaling_sweep  # pylint: disable=import-outside-toplevel
+  scaling_sweep = import_from_checkout("configs.scaling_sweep")
   lines = ["## 3. Size sweep and L(N, D) (Q5)", "",
            "A geometric ladder of widths per architecture (configs/scaling_sweep.py; the "
            "Transformer of each rung is sized to that rung's Mamba model within 5%), each "

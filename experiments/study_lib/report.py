@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import os
 
-from experiments.study_lib import analysis
-from experiments.study_lib import figures
-from experiments.study_lib import hypotheses
-from experiments.study_lib import markdown as md
+from study_lib import analysis
+from study_lib import figures
+from study_lib import hypotheses
+from study_lib import markdown as md
 
 CONTENTS = ("Contents: 1 runs · 2 loss & stability · 3 perplexity · 4 benchmarks · "
             "5 generations · 6 cost · 7 SWELU · 8 hypotheses · 9 power laws")

@@ -26,7 +26,8 @@ import os
 import time
 from typing import Any
 
-from experiments.study_lib import runs as runs_lib
+from mambaswelu_jax.metrics import read_jsonl
+from study_lib import runs as runs_lib
 
 # metrics.jsonl writes +-inf as +-1e308 and NaN as null.
 _BIG = 1e300
@@ -37,23 +38,11 @@ def finite(x) -> bool:
 
 
 def read_metrics(workdir: str) -> list[dict]:
+  """The run's metrics.jsonl records as its current history (mambaswelu_jax.metrics,
+  which imports no JAX); [] before the run wrote any."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  try:
-    from mambaswelu_jax.metrics import read_jsonl  # pylint: disable=import-outside-toplevel
-  except ImportError:  # the metrics module not importable here: same format
-    import json  # pylint: disable=import-outside-toplevel
-
-    def read_jsonl(p):
-      out = []
-      with open(p, encoding="utf-8") as f:
-        for line in f:
-          try:
-            out.append(json.loads(line))
-          except ValueError:
-            break
-      return out
   return read_jsonl(path)
 
 

@@ -19,10 +19,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 import kernels
+from mambaswelu_jax.models.layers import make_norm, torch_default_init
 from mambaswelu_jax.models.swelu import make_activation
-
-# torch.nn.Linear / Conv1d default init: U(±1/sqrt(fan_in)).
-_torch_default = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def dt_rank_of(cfg) -> int:
@@ -71,14 +69,14 @@ class MambaMixer(nnx.Module):
     self.scan_impl, self.scan_chunk = cfg.scan_impl, cfg.scan_chunk
     linear = lambda i, o, **kw: nnx.Linear(i, o, dtype=cdt, param_dtype=pdt, rngs=rngs,
                                            **kw)
-    self.in_proj = linear(d, 2 * di, use_bias=False, kernel_init=_torch_default)
+    self.in_proj = linear(d, 2 * di, use_bias=False, kernel_init=torch_default_init)
     self.conv = CausalConv(di, cfg.d_conv, param_dtype=pdt, rngs=rngs)
     self.conv_act = make_activation(cfg)
     out_scale = 1.0 / math.sqrt(2 * cfg.n_layers)
     self.out_proj = linear(di, d, use_bias=False, kernel_init=lambda *a: out_scale *
-                           _torch_default(*a))
+                           torch_default_init(*a))
     if self.selective:
-      self.x_proj = linear(di, r + 2 * n, use_bias=False, kernel_init=_torch_default)
+      self.x_proj = linear(di, r + 2 * n, use_bias=False, kernel_init=torch_default_init)
       self.dt_proj = linear(r, di, use_bias=True,
                             kernel_init=_symmetric_uniform(r ** -0.5),
                             bias_init=_dt_bias_init(cfg.dt_min, cfg.dt_max))
@@ -86,8 +84,8 @@ class MambaMixer(nnx.Module):
       self.A_log = nnx.Param(jnp.log(jnp.tile(jnp.arange(1, n + 1, dtype=pdt), (di, 1))))
       self.D = nnx.Param(jnp.ones((di,), pdt))
     else:
-      self.x_proj = linear(di, n, use_bias=False, kernel_init=_torch_default)
-      self.dt_proj = linear(di, di, use_bias=True, kernel_init=_torch_default)
+      self.x_proj = linear(di, n, use_bias=False, kernel_init=torch_default_init)
+      self.dt_proj = linear(di, di, use_bias=True, kernel_init=torch_default_init)
 
   def _ssm_inputs(self, x):
     """x_proj -> (dt before bias, B, C)."""
@@ -164,12 +162,4 @@ class MambaBlock(nnx.Module):
   def step(self, x, cache):
     y, cache = self.mixer.step(self.norm(x), cache)
     return x + self.out_act(y), cache
-
-
-def make_norm(cfg, rngs):
-  if cfg.norm == "layernorm":
-    return nnx.LayerNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.float32, rngs=rngs)
-  if cfg.norm == "rmsnorm":
-    return nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.float32, rngs=rngs)
-  raise ValueError(f"model.norm={cfg.norm!r}: choose 'layernorm' or 'rmsnorm'.")
 

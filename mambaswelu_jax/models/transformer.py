@@ -27,8 +27,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mambaswelu_jax.models.lm import TiedEmbeddingLM
-from mambaswelu_jax.models.mamba import make_norm
+from mambaswelu_jax.models.layers import TiedEmbeddingLM, make_norm
+from mambaswelu_jax.models.params import param_count
+
 ROPE_BASE = 10000.0
 
 
@@ -204,7 +205,6 @@ def match_mamba_size(mamba_cfg, *, n_heads: int | None = None, mlp: str = "gelu"
   Keeps d_model; tries n_layers = the Mamba depth, then more, and for each solves for
   the MLP width that matches (rounded to a multiple of 8), accepting the first depth
   whose MLP width lies in [d, 8 d]. Returns the config (a copy)."""
-  from mambaswelu_jax.models import param_count  # pylint: disable=import-outside-toplevel
   target = param_count(mamba_cfg)
   cfg = mamba_cfg.copy_and_resolve_references()
   d = cfg.d_model

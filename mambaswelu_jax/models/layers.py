@@ -1,0 +1,109 @@
+"""Layers the language models share: initializers, the norm, the dense SWELU stack and
+the tied-embedding base class.
+
+Norms, embeddings and the residual stream are float32; matmuls run in the config's
+`compute_dtype` with `param_dtype` parameters.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mambaswelu_jax.models.swelu import make_activation
+
+# torch.nn.Linear / Conv1d default init: U(±1/sqrt(fan_in)).
+torch_default_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# Token and position embeddings.
+embed_init = nnx.initializers.normal(0.02)
+
+
+def make_norm(cfg, rngs: nnx.Rngs) -> nnx.Module:
+  """`model.norm` over d_model, computed in float32."""
+  if cfg.norm == "layernorm":
+    return nnx.LayerNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.float32, rngs=rngs)
+  if cfg.norm == "rmsnorm":
+    return nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.float32, rngs=rngs)
+  raise ValueError(f"model.norm={cfg.norm!r}: choose 'layernorm' or 'rmsnorm'.")
+
+
+class DenseStack(nnx.Module):
+  """Three dense layers d -> h -> h -> d, each followed by its own activation site."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    dims = (cfg.d_model, cfg.dense_hidden, cfg.dense_hidden, cfg.d_model)
+    self.layers = nnx.List([
+        nnx.Linear(i, o, use_bias=True, kernel_init=torch_default_init,
+                   dtype=jnp.dtype(cfg.compute_dtype),
+                   param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+        for i, o in zip(dims[:-1], dims[1:])])
+    self.acts = nnx.List([make_activation(cfg) for _ in range(3)])
+
+  def __call__(self, x):
+    for layer, act in zip(self.layers, self.acts):
+      x = act(layer(x))
+    return x
+
+
+def remat_blocks(blocks, x):
+  """x through `blocks` (identical structure), each block's activations recomputed in
+  the backward pass: only the input of every block is kept.
+
+  The blocks run as a `lax.scan` over their stacked variables with a checkpointed body.
+  A scan, not one `jax.checkpoint` per unrolled block: XLA may schedule an unrolled
+  block's recomputation early, back into the forward pass, where it saves nothing
+  (on CPU it does: the compiled temporaries barely move); it cannot move it out of
+  the backward loop. Same operations, so the same numbers as the plain loop."""
+  graphdef, first = nnx.split(blocks[0])
+  states = [first]
+  for block in blocks[1:]:
+    other, state = nnx.split(block)
+    if other != graphdef:
+      raise ValueError("model.remat stacks the blocks: they must share one structure")
+    states.append(state)
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+  @functools.partial(jax.checkpoint, prevent_cse=False)  # the scan already keeps it apart
+  def body(h, state):
+    return nnx.merge(graphdef, state)(h), None
+
+  return jax.lax.scan(body, x, stacked)[0]
+
+
+class TiedEmbeddingLM(nnx.Module):
+  """What every architecture shares: token (+ learned position) embeddings in float32,
+  the blocks (with model.remat) and logits through the tied embedding in
+  `compute_dtype`. A subclass calls `_init_embeddings` first and sets `self.blocks`."""
+
+  def _init_embeddings(self, cfg, rngs: nnx.Rngs):
+    self.cfg = cfg
+    pdt = jnp.dtype(cfg.param_dtype)
+    self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+    self.remat = bool(cfg.get("remat", False))  # recompute block activations in the backward
+    self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.float32,
+                           param_dtype=pdt, embedding_init=embed_init, rngs=rngs)
+    self.positions = (nnx.Embed(cfg.max_len, cfg.d_model, dtype=jnp.float32,
+                                param_dtype=pdt, embedding_init=embed_init, rngs=rngs)
+                      if cfg.learned_positions else None)
+
+  def _blocks(self, x):
+    """The residual stream through every block. With model.remat each block keeps only
+    its input for the backward pass and recomputes the rest there (the same numbers,
+    about one more forward of the blocks, far less activation memory)."""
+    if self.remat:
+      return remat_blocks(list(self.blocks), x)
+    for block in self.blocks:
+      x = block(x)
+    return x
+
+  def _embed(self, tokens, positions):
+    x = self.embed(tokens)
+    if self.positions is not None:
+      x = x + self.positions(positions)
+    return x
+
+  def _tied_logits(self, x):
+    e = self.embed.embedding[...].astype(self.compute_dtype)
+    return jnp.einsum("...d,vd->...v", x.astype(self.compute_dtype), e,
+                      preferred_element_type=jnp.float32)
