@@ -26,6 +26,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mambaswelu_jax.losses import eval_sums, token_nll
 from mambaswelu_jax.mesh import DATA_AXIS
+from mambaswelu_jax.models import build_model
+from mambaswelu_jax.models.params import abstract_model, count_parameters, weight_decay_mask
 
 TrainState = dict  # {"step": int32 scalar, "params": nnx.State, "opt_state": optax state}
 
@@ -69,22 +71,15 @@ class ModelParts:
   num_params: int
 
 
-def _build(model_cfg, seed):
-  from mambaswelu_jax.models import build_model  # pylint: disable=import-outside-toplevel
-  return build_model(model_cfg, nnx.Rngs(seed))
-
-
 def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh
                        ) -> tuple[ModelParts, TrainState, Any]:
   """(parts, state, rest): the state replicated over `mesh`; `rest` holds the model's
   non-parameter variables (not trained, not checkpointed: rebuilt from the config)."""
-  from mambaswelu_jax.models import count_parameters, weight_decay_mask  # pylint: disable=import-outside-toplevel
-  abstract = nnx.eval_shape(lambda: _build(config.model, config.seed))
-  graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
+  graphdef, abstract_params, _ = nnx.split(abstract_model(config.model), nnx.Param, ...)
   tx = make_optimizer(config.train, config.train.num_steps, weight_decay_mask(abstract_params))
 
   def init():
-    model = _build(config.model, config.seed)
+    model = build_model(config.model, nnx.Rngs(config.seed))
     _, params, rest = nnx.split(model, nnx.Param, ...)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
     return state, rest
