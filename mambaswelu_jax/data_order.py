@@ -51,12 +51,7 @@ def read_data_order(path: str) -> dict[int, list[str]]:
   """{step: [hash, ...]} from a data-order log (a step recorded again after a resume
   appears more than once; a line cut by a crash is ignored)."""
   out: dict[int, list[str]] = {}
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        r = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      if "step" in r:
-        out.setdefault(int(r["step"]), []).append(r["sha"])
+  for r in layout.json_records(path):
+    if "step" in r:
+      out.setdefault(int(r["step"]), []).append(r["sha"])
   return out

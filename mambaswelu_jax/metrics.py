@@ -122,20 +122,12 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
   A line cut short by a crash is skipped.
   """
   out: list[dict[str, Any]] = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      if not isinstance(record, dict):
-        continue
-      if "step" not in record:
-        if "resumed_from_step" in record:
-          n = int(record["resumed_from_step"])
-          out = [r for r in out if r["step"] <= n]
-        continue
+  for record in layout.json_records(path):
+    if "step" in record:
       out.append(record)
+    elif "resumed_from_step" in record:
+      n = int(record["resumed_from_step"])
+      out = [r for r in out if r["step"] <= n]
   return out
 
 

@@ -18,7 +18,9 @@ Standard library only: the study tools that read workdirs import this without JA
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Iterator
 
 CONFIG = "config.json"
 CONFIG_HISTORY = "config_history"
@@ -61,3 +63,16 @@ def ends_with_newline(path: str) -> bool:
   with open(path, "rb") as f:
     f.seek(-1, os.SEEK_END)
     return f.read(1) == b"\n"
+
+
+def json_records(path: str) -> Iterator[dict]:
+  """The JSON objects of a JSON-lines file, one per line; a line cut short by a crash
+  (or anything that is not an object) is skipped."""
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if isinstance(record, dict):
+        yield record
