@@ -20,7 +20,6 @@ import math
 import os
 import shutil
 import signal
-import threading
 import time
 from typing import Any
 
@@ -44,6 +43,7 @@ from mambaswelu_jax.models.flops import flops_per_token
 from mambaswelu_jax.sampler import sample_text
 from mambaswelu_jax.steps import create_train_state, make_eval_step, make_schedule
 from mambaswelu_jax.steps import make_train_step, merge_model
+from mambaswelu_jax.stop_signals import StopSignals, signal_name
 
 log = logging.getLogger("mambaswelu_jax.train")
 
@@ -51,42 +51,6 @@ log = logging.getLogger("mambaswelu_jax.train")
 # (the status a shell reports for a process ended by SIGTERM: schedulers treat it
 # as a preemption, and rerunning the same command resumes). Ctrl-C gives 130.
 PREEMPTED_EXIT_CODE = 143
-
-
-class _Stopper:
-  """SIGTERM or Ctrl-C (SIGINT) -> a flag the loop polls; the loop saves and exits
-  cleanly. A second Ctrl-C aborts at once (Python's KeyboardInterrupt).
-
-  Only for one process: across processes every one must stop at the same step, so
-  there JAX's own preemption notifier (set up by jax.distributed) catches SIGTERM and
-  the loop asks Orbax's `reached_preemption`, a synchronised decision.
-  """
-
-  def __init__(self, install: bool = True):
-    self.signal = None
-    self._old = {}
-    self._install = install
-
-  def __enter__(self):
-    if self._install and threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._old[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    if self.signal is None:
-      self.signal = signum
-    if signum == signal.SIGINT:  # the next Ctrl-C is Python's own: abort at once
-      signal.signal(signal.SIGINT, signal.default_int_handler)
-      log.warning("Ctrl-C: saving a checkpoint of the current step and stopping (Ctrl-C "
-                  "again aborts at once, losing the steps since the last checkpoint)")
-    else:
-      log.warning("received signal %d: saving a checkpoint and stopping", signum)
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
-    return False
 
 
 class _WorkdirStart:
@@ -228,7 +192,7 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart) -> T
 
   # --- The loop.
   try:
-    with _Stopper(install=jax.process_count() == 1) as stopper:
+    with StopSignals(install=jax.process_count() == 1) as stopper:
       for step in range(start_step + 1, stop_at + 1):
         arrays, extra = split_batch(next(data.train_iter))
         counts.update(extra)
@@ -281,7 +245,7 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart) -> T
         if stop:
           stop_signal = stopper.signal or signal.SIGTERM
           log.warning("stopped by %s at step %d; checkpoint saved. Rerun the same "
-                      "command to resume.", _signal_name(stop_signal), step)
+                      "command to resume.", signal_name(stop_signal), step)
           break
     if writer is None:  # no step was left to run
       writer, data_order = _start_recording(start, config, start_step, parts.num_params)
@@ -380,16 +344,12 @@ def _evaluate(eval_step_fn, params, rest, data, mesh, config, final) -> dict:
   return out
 
 
-def _signal_name(signum: int) -> str:
-  return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-
-
 def _summary(workdir, step, num_steps, elapsed, stop_signal, first_loss, final_eval, config,
              prompt, sample) -> str:
   """What a person wants to read when the run ends: the figures, where the files are
   and the commands that come next."""
   lines = [f"{workdir}: step {step}/{num_steps} in {_fmt_time(elapsed)}"
-           + (f" (stopped by {_signal_name(stop_signal)}; rerun the same command to resume)"
+           + (f" (stopped by {signal_name(stop_signal)}; rerun the same command to resume)"
               if stop_signal else "")]
   vocab = int(config.model.vocab_size)
   if first_loss is not None:
