@@ -60,12 +60,15 @@ SMEM_HISTORY_FLOATS = 16384  # cap on T * BLOCK_D * state_pad (the backward's hi
 CUSTOM_CALL_TARGET = "mosaic_gpu_v2"
 
 
-try:  # the GPU interpreter arrived with JAX 0.9 (an internal module: no public name yet)
+# The Mosaic GPU interpreter (an internal module: no public name yet). JAX 0.9 has a first
+# one, which fails on this kernel ("TypeError: src must be a reference, got int32[5]" in
+# its copy emulation); from 0.10 it runs it. Older JAX: the kernel lowers for CUDA only.
+try:
   from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
 except ImportError:  # pragma: no cover
   InterpretGPUParams = None
 _KERNEL_PARAMS = inspect.signature(plgpu.kernel).parameters
-# False on JAX < 0.9: the kernel still lowers for CUDA, but cannot run off a GPU.
+# False on JAX < 0.10: the kernel still lowers for CUDA, but cannot run off a GPU.
 HAS_INTERPRETER = InterpretGPUParams is not None and "interpret" in _KERNEL_PARAMS
 
 
@@ -79,7 +82,7 @@ def _kernel(body, out_type, scratch, grid, interpret):
   if interpret:
     if not HAS_INTERPRETER:
       raise NotImplementedError(
-          f"impl='pallas_mosaic' off a GPU needs the Mosaic GPU interpreter (JAX 0.9+); "
+          f"impl='pallas_mosaic' off a GPU needs the Mosaic GPU interpreter (JAX 0.10+); "
           f"this is jax {jax.__version__}.")
     kw["interpret"] = InterpretGPUParams()
   return plgpu.kernel(body, **kw)
