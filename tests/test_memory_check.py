@@ -85,8 +85,12 @@ def test_negative_limit_is_a_config_error():
     config_validation.resolve(config)
 
 
-def test_remat_same_loss_and_grads_fewer_temporaries():
+@pytest.mark.parametrize("architecture", ["mamba", "transformer"])
+def test_remat_same_loss_and_grads_fewer_temporaries(architecture):
   config = deeper_model()
+  config.model.architecture = architecture
+  config.model.n_heads = 2
+  config.model.max_len = config.data.seq_len
   tokens = jax.random.randint(jax.random.key(1), (4, config.data.seq_len + 1), 0,
                               config.model.vocab_size)
   results = {}
@@ -107,7 +111,9 @@ def test_remat_same_loss_and_grads_fewer_temporaries():
   assert loss1 == pytest.approx(loss0, rel=1e-6)
   for a, b in zip(grads0, grads1):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
-  assert temp1 < temp0, (temp0, temp1)
+  # Far fewer, not a few percent: an unrolled jax.checkpoint per block gave ~2% on CPU
+  # (XLA scheduled the recomputation back into the forward pass).
+  assert temp1 < 0.8 * temp0, (temp0, temp1)
 
 
 def test_remat_train_step_fewer_temporaries():
@@ -118,7 +124,7 @@ def test_remat_train_step_fewer_temporaries():
   off = memory_check.measure(config, mesh, parts, state, rest, micro_batch=8, remat=False)
   on = memory_check.measure(config, mesh, parts, state, rest, micro_batch=8, remat=True)
   assert (off.remat, on.remat) == (False, True) and off.accum == on.accum == 1
-  assert on.argument == off.argument and on.temp < off.temp, (off, on)
+  assert on.argument == off.argument and on.temp < 0.8 * off.temp, (off, on)
 
 
 # ----------------------------------------------------------------------------
