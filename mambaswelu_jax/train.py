@@ -201,7 +201,7 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart) -> T
         pending.append(step_metrics)
         if step == start_step + 1:  # compilation: keep it out of the timings
           jax.block_until_ready(step_metrics)
-          log.info("first step (compilation included) took %.1f s",
+          log.info("first step (with what was left to compile) took %.1f s",
                    time.perf_counter() - run_start)
           first_loss = float(jax.device_get(step_metrics["train_loss"])) if step == 1 else None
           writer, data_order = _start_recording(start, config, start_step, parts.num_params)
