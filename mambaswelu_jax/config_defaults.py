@@ -33,7 +33,7 @@ def model_config() -> ml_collections.ConfigDict:
   m.norm_eps = 1e-5
   m.learned_positions = False   # a selective SSM needs none; the original had them
   m.max_len = 1024              # size of the learned position table when enabled
-  m.scan_impl = "auto"          # auto | xla | reference | pallas
+  m.scan_impl = "auto"          # auto | xla | reference | pallas_triton (= pallas) | pallas_mosaic
   m.scan_chunk = 16             # steps between the states the backward keeps
   m.compute_dtype = "bfloat16"  # matmuls; the scan, norms and SWELU stay in float32
   m.param_dtype = "float32"
