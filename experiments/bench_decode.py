@@ -35,8 +35,9 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from mambaswelu_jax import eval as eval_lib
+from mambaswelu_jax import restore
 from mambaswelu_jax import sampler
+from mambaswelu_jax import steps
 from mambaswelu_jax.mesh import make_mesh, to_global
 from mambaswelu_jax.models import build_model, count_parameters
 from study_lib.checkout import import_from_checkout
@@ -61,12 +62,12 @@ def _best(fn, repeats):
 
 
 def random_run(config):
-  """An eval.Run with random-init parameters (no workdir)."""
+  """A restore.Run with random-init parameters (no workdir)."""
   mesh = make_mesh(jax.local_devices()[:1])
   model = build_model(config.model, nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   params, rest = jax.device_put((params, rest), NamedSharding(mesh, P()))
-  return eval_lib.Run("", config, 0, "init", None, graphdef, params, rest, mesh), count_parameters(
+  return restore.Run("", config, 0, "init", None, graphdef, params, rest, mesh), count_parameters(
       params)
 
 
@@ -122,7 +123,7 @@ def bench_eval(run, n_batches, repeats):
            "target_bytes": np.full((rows, seq), 4, np.int32),
            "text_type": np.zeros((rows, seq), np.int32)}
   arrays = to_global(batch, run.mesh)
-  fn = eval_lib.make_type_sums_step(run, 1).lower(run.params, arrays, run.rest).compile()
+  fn = steps.make_eval_step(run.mesh, run.graphdef).lower(run.params, arrays, run.rest).compile()
 
   def go():
     out = None

@@ -40,7 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
-LN2 = math.log(2.0)
+from mambaswelu_jax import perplexity
 
 
 def _ngrams(words: Sequence[str], n: int) -> list[tuple]:
@@ -80,7 +80,7 @@ def cross_scores(scorer_run, prompts: Sequence[str], samples: Sequence[str],
                  batch_size: int = 16) -> dict:
   """Perplexity and bits per byte of `samples` (continuations of `prompts`, one each)
   under `scorer_run`'s model and tokenizer."""
-  from mambaswelu_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import scoring  # pylint: disable=import-outside-toplevel
   tok = scorer_run.tokenizer
   requests, n_tokens, n_bytes = [], 0, 0
   for prompt, sample in zip(prompts, samples):
@@ -97,24 +97,23 @@ def cross_scores(scorer_run, prompts: Sequence[str], samples: Sequence[str],
   # Samples are scored whole (up to the model's own limit, not the training length).
   longest = max(len(c) + len(k) for c, k in requests)
   max_length = longest if not scorer_run.config.model.get("learned_positions", False) else 0
-  scores = eval_lib.score_sequences(scorer_run, requests, batch_size=batch_size,
-                                    max_length=max_length)
-  nll = -sum(s for s, _ in scores)
-  return {"perplexity": math.exp(min(nll / n_tokens, 700.0)),
-          "bits_per_byte": nll / (LN2 * n_bytes), "tokens": n_tokens, "bytes": n_bytes}
+  scores = scoring.score_sequences(scorer_run, requests, batch_size=batch_size,
+                                   max_length=max_length)
+  figures = perplexity.figures(-sum(s for s, _ in scores), n_tokens, n_bytes)
+  return {k: figures[k] for k in ("perplexity", "bits_per_byte", "tokens", "bytes")}
 
 
 def compare_runs(runs: Sequence, prompts: Sequence[str], *, num_samples: int = 8,
                  max_new_tokens: int = 128, temperature: float = 0.8, top_k: int = 0,
                  top_p: float = 0.95, seed: int = 0) -> dict:
   """Samples from every run, their text measures, and the cross-scoring matrices."""
-  from mambaswelu_jax import generate as generate_lib  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.generation import Generator  # pylint: disable=import-outside-toplevel
   names = [f"{r.name}@{r.step}" for r in runs]
   if len(set(names)) != len(names):
     names = [f"{i}:{n}" for i, n in enumerate(names)]
   samples: dict[str, list[tuple[str, str]]] = {}
   for name, run in zip(names, runs):
-    g = generate_lib.Generator(run)
+    g = Generator(run)
     pairs = []
     for p in prompts:
       out = g.generate(p, max_new_tokens, num_samples=num_samples, temperature=temperature,
@@ -154,33 +153,25 @@ def format_report(result: dict) -> str:
   return "\n".join(lines)
 
 
-def _define_flags():
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  flags.DEFINE_list("workdir", None, "Run directories to compare (comma-separated).")
-  flags.DEFINE_string("step", "latest", "latest | final | a step number (each workdir).")
-  flags.DEFINE_multi_string("prompt", ["The future of artificial intelligence is"],
-                            "Prompts (repeat the flag).")
-  flags.DEFINE_integer("num_samples", 8, "Samples per prompt and run.")
-  flags.DEFINE_integer("max_new_tokens", 128, "New tokens per sample.")
-  flags.DEFINE_float("temperature", 0.8, "Sampling temperature (0 = greedy).")
-  flags.DEFINE_integer("top_k", 0, "Top-k (0 = off).")
-  flags.DEFINE_float("top_p", 0.95, "Top-p (1 = off).")
-  flags.DEFINE_integer("seed", 0, "Sampling seed.")
-  flags.DEFINE_string("output_json", "", "Write measures, matrices and samples here.")
-  flags.mark_flag_as_required("workdir")
-  return flags.FLAGS
+def define_flags() -> None:
+  """The command's flags: generate's runs, prompts and sampling settings, with defaults
+  for comparing runs (defined when it runs, so importing this module defines none)."""
+  from mambaswelu_jax.generate import define_sampling_flags  # pylint: disable=import-outside-toplevel
+  define_sampling_flags(prompt=["The future of artificial intelligence is"],
+                        max_new_tokens=128, num_samples=8, top_p=0.95,
+                        output_json="Write measures, matrices and samples here.")
 
 
 def main(argv):
-  from absl import app, logging  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
+  from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import restore  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.ERROR)
-  f = FLAGS
+  f = flags.FLAGS
   try:
-    runs = [eval_lib.load_run(wd, f.step) for wd in f.workdir]
-  except eval_lib.EvalError as e:
+    runs = [restore.load_run(wd, f.step) for wd in f.workdir]
+  except restore.RunError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   result = compare_runs(runs, f.prompt, num_samples=f.num_samples,
@@ -195,6 +186,6 @@ def main(argv):
 
 if __name__ == "__main__":
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  FLAGS = _define_flags()
-  from absl import app as _app  # pylint: disable=ungrouped-imports
-  _app.run(main)
+  define_flags()
+  from absl import app  # pylint: disable=ungrouped-imports
+  app.run(main)

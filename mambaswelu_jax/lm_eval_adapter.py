@@ -19,7 +19,7 @@ tokens read at once; default none beyond the model's own limit), max_gen_toks (d
 
 Requests are scored whole. The selective SSM has no length limit (its recurrent state
 carries any past), so its contexts and continuations are never cut, whatever the
-training length was (one forward pass per request; past eval.LONGEST_FORWARD tokens,
+training length was (one forward pass per request; past scoring.LONGEST_FORWARD tokens,
 pieces that carry the recurrent state, in constant memory). The Transformer has
 model.max_len positions: a longer request keeps its continuation and the context
 nearest to it (lm-eval's leftmost cut). Every cut, there or under a max_length cap, is
@@ -37,8 +37,9 @@ every request, as `prefix_token_id`. It implements
   generate_until         greedy (or sampled, with do_sample / temperature) recurrent
                          decoding, cut at the first `until` string.
 
-lm-eval (and torch, which it needs) is an optional extra; this module imports it
-only when used, and registers the model only if it is importable.
+lm-eval (and torch, which it needs) is an optional extra: this module imports it
+at the top and registers the model when imported, and nothing imports this module but
+what runs benchmarks (eval's `--benchmarks` path imports it when asked).
 """
 
 from __future__ import annotations
@@ -48,237 +49,245 @@ import os
 import sys
 from typing import Any
 
-from mambaswelu_jax import eval as eval_lib
-from mambaswelu_jax import generate as generate_lib
+try:
+  import lm_eval
+  from lm_eval import utils as lm_eval_utils
+  from lm_eval.api.model import TemplateLM
+  from lm_eval.api.registry import get_model, register_model
+  from lm_eval.tasks import TaskManager
+except ImportError as _e:
+  raise ImportError("lm-eval is not installed: pip install -e '.[eval]' "
+                    "(or pip install torch==<a CPU build> lm-eval)") from _e
+
+from mambaswelu_jax import restore
+from mambaswelu_jax import scoring
+from mambaswelu_jax import workdir as layout
+from mambaswelu_jax.generation import Generator
 
 log = logging.getLogger("mambaswelu_jax.lm_eval_adapter")
 
 MODEL_NAME = "mambaswelu"
 
 
-def _lm_eval():
+class MambaSweluLM(TemplateLM):
+  """A restored MambaSWELU run as an lm-eval model."""
+
+  backend = "causal"
+  is_mambaswelu_adapter = True
+
+  def __init__(self, workdir: str | None = None, step: Any = "latest", batch_size: Any = 16,
+               max_length: int = 0, max_gen_toks: int = 256, run=None, **kwargs):
+    super().__init__()
+    if kwargs:
+      log.info("ignoring model_args %s", sorted(kwargs))
+    if run is None:
+      if not workdir:
+        raise ValueError("model_args must name the run: workdir=DIR[,step=N]")
+      run = restore.load_run(workdir, step)
+    self.run = run
+    self.tokenizer = run.tokenizer
+    try:
+      self.batch_size = max(1, int(batch_size))
+    except (TypeError, ValueError):   # lm-eval's "auto": a fixed size here
+      self.batch_size = 16
+    self._cap = int(max_length or 0)  # the user's cap; 0: only the model's own limit
+    self._limit = scoring.scoring_limit(run, self._cap)
+    self.limited_by = (None if self._limit is None else "model.max_len"
+                        if self._limit == run.max_length else "max_length model_arg")
+    self.max_gen_toks = int(max_gen_toks)
+    # {task: counts} of what was cut (see _tally); run_benchmarks stores it per task.
+    self.truncation: dict[str, dict] = {}
+    self._task_names: list | None = None
+    self._scorer = scoring.make_scorer(run)
+    self._generator = Generator(run)
+
+  # --- Tokens.
+
+  @property
+  def eot_token_id(self) -> int:
+    return self.tokenizer.eos_id
+
+  @property
+  def prefix_token_id(self) -> int:
+    return self.tokenizer.eos_id
+
+  @property
+  def max_length(self) -> int | None:
+    """The most tokens read at once; None: no limit (the selective SSM, uncapped)."""
+    return self._limit
+
+  @property
+  def tokenizer_name(self) -> str:
+    return os.path.join(self.run.workdir, layout.TOKENIZER)
+
+  def tok_encode(self, string: str, add_special_tokens: bool | None = None,
+                 **kwargs) -> list[int]:
+    del add_special_tokens, kwargs
+    return list(self.tokenizer.encode(string))
+
+  def tok_decode(self, tokens, **kwargs) -> str:
+    del kwargs
+    return self.tokenizer.decode(tokens)
+
+  # --- Scoring.
+
+  def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's split of context and continuation, with EOS (the document start in
+    training) in front of the context, as lm-eval puts it in front of an empty one."""
+    context_enc, continuation_enc = super()._encode_pair(context, continuation)
+    return [self.prefix_token_id] + context_enc, continuation_enc
+
+  # --- What was cut: counted per task, warned about per call.
+
+  def _tally(self, kind: str, tasks, cuts) -> None:
+    """Counts one scoring call: cuts[i] = (tokens cut, continuation tokens cut, windows)
+    of request i (windows: rolling pieces past the first). A warning line ends a call
+    that cut anything."""
+    call = _zero_truncation(self._limit, self.limited_by)
+    for task, (cut, cont_cut, windows) in zip(tasks, cuts):
+      for t in (self.truncation.setdefault(
+          task or "", _zero_truncation(self._limit, self.limited_by)), call):
+        t["requests"] += 1
+        t["truncated"] += int(cut > 0 or windows > 0)
+        t["tokens_cut"] += cut
+        t["continuation_tokens_cut"] += cont_cut
+        t["rolling_windows"] += windows + 1 if windows else 0
+    warning = scoring.truncation_warning(f"{MODEL_NAME} {kind}", call)
+    if warning:
+      log.warning(warning.removeprefix("warning: "))
+
+  # --- Scoring.
+
+  def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+    """lm-eval's own tokenization (TemplateLM), with the requests' task names kept for
+    the truncation counts."""
+    self._task_names = [getattr(r, "task_name", None) for r in requests]
+    try:
+      return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+    finally:
+      self._task_names = None
+
+  def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False,
+                            **kwargs) -> list[tuple[float, bool]]:
+    del kwargs
+    pairs = [(ctx, cont) for _, ctx, cont in requests]
+    out = scoring.score_sequences(self.run, pairs, batch_size=self.batch_size,
+                                   max_length=self._cap, scorer=self._scorer,
+                                   progress=_progress(len(pairs), "loglikelihood",
+                                                      disable_tqdm))
+    tasks = self._task_names
+    if tasks is None or len(tasks) != len(pairs):
+      tasks = [None] * len(pairs)
+    cuts = []
+    for ctx, cont in pairs:
+      _, scored, cut = scoring.fit_request(ctx, cont, self._limit)
+      cuts.append((cut, len(cont) - scored if cont else 0, 0))
+    self._tally("loglikelihood", tasks, cuts)
+    for (key, _, _), result in zip(requests, out):
+      if key is not None:
+        self.cache_hook.add_partial("loglikelihood", key, result)
+    return out
+
+  def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+    """Σ log p of every token of each text after EOS: the whole text in one piece when
+    it fits (always, for the selective SSM uncapped); past the limit, lm-eval's
+    disjoint rolling windows of `limit` tokens (every token predicted once, each
+    window's tokens seeing only the window)."""
+    pieces, owners, cuts = [], [], []
+    for i, req in enumerate(requests):
+      (text,) = req.args
+      ids = self.tok_encode(text)
+      if self._limit is None or len(ids) <= self._limit:
+        windows = [([self.prefix_token_id], ids)]
+      else:
+        windows = [lm_eval_utils.make_disjoint_window(w)
+                   for w in lm_eval_utils.get_rolling_token_windows(
+                       token_list=ids, prefix_token=self.prefix_token_id,
+                       max_seq_len=self._limit, context_len=1)]
+      # A window's unseen past: the tokens of [EOS] + ids before its first one.
+      end, unseen = 1, 0
+      for ctx, cont in windows:
+        end += len(cont)
+        unseen += end - len(ctx) - len(cont)
+      pieces += windows
+      owners += [i] * len(windows)
+      cuts.append((unseen, 0, len(windows) - 1))
+    scores = scoring.score_sequences(
+        self.run, pieces, batch_size=self.batch_size, max_length=self._cap,
+        scorer=self._scorer,
+        progress=_progress(len(pieces), "loglikelihood_rolling", disable_tqdm))
+    self._tally("loglikelihood_rolling", [getattr(r, "task_name", None) for r in requests],
+                cuts)
+    totals = [0.0] * len(requests)
+    for i, (logp, _) in zip(owners, scores):
+      totals[i] += logp
+    for req, total in zip(requests, totals):
+      self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+    return totals
+
+  # --- Generation.
+
+  def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+    results: list[str | None] = [None] * len(requests)
+    groups: dict = {}
+    cuts = []
+    for i, req in enumerate(requests):
+      context, gen_kwargs = req.args
+      gk = dict(gen_kwargs or {})
+      until = gk.pop("until", None) or []
+      until = [until] if isinstance(until, str) else list(until)
+      eot = self.tok_decode([self.eot_token_id])
+      if eot and eot not in until:
+        until.append(eot)
+      max_new = int(gk.pop("max_gen_toks", self.max_gen_toks))
+      do_sample = bool(gk.pop("do_sample", False))
+      temperature = float(gk.pop("temperature", 0.0)) if do_sample else 0.0
+      top_k = int(gk.pop("top_k", 0) or 0) if do_sample else 0
+      top_p = float(gk.pop("top_p", 1.0) or 1.0) if do_sample else 1.0
+      ids = [self.prefix_token_id] + self.tok_encode(context)
+      cut = 0
+      if self._limit is not None:  # leave room for the new tokens, as lm-eval's HF model does
+        cut = max(0, len(ids) - max(1, self._limit - max_new))
+        ids = ids[cut:]
+      cuts.append((cut, 0, 0))
+      key = (max_new, temperature, top_k, top_p)
+      groups.setdefault(key, []).append((i, ids, until))
+    for (max_new, temperature, top_k, top_p), items in groups.items():
+      items.sort(key=lambda x: -len(x[1]))
+      for s in range(0, len(items), self.batch_size):
+        chunk = items[s:s + self.batch_size]
+        outs, _, _ = self._generator.generate_ids(
+            [ids for _, ids, _ in chunk], max_new, temperature=temperature, top_k=top_k,
+            top_p=top_p, seed=0, stop_at_eos=True)
+        for (i, _, until), out in zip(chunk, outs):
+          text = self.tok_decode(out)
+          for stop in until:
+            if stop and stop in text:
+              text = text[:text.index(stop)]
+          results[i] = text
+          self.cache_hook.add_partial("generate_until", requests[i].args, text)
+    self._tally("generate_until", [getattr(r, "task_name", None) for r in requests], cuts)
+    return results  # type: ignore[return-value]
+
+
+def _register() -> None:
+  """Registers MambaSweluLM as `mambaswelu`, once: the module may be imported twice in
+  one process (run as __main__ and imported by name), and lm-eval refuses a second,
+  different class under a registered name."""
   try:
-    import lm_eval  # pylint: disable=import-outside-toplevel
-    from lm_eval.api.model import TemplateLM  # pylint: disable=import-outside-toplevel
-    from lm_eval.api.registry import register_model  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError("lm-eval is not installed: pip install -e '.[eval]' "
-                      "(or pip install torch==<a CPU build> lm-eval)") from e
-  return lm_eval, TemplateLM, register_model
-
-
-def _make_class():
-  _, TemplateLM, register_model = _lm_eval()
-  from lm_eval.api.registry import get_model  # pylint: disable=import-outside-toplevel
-  try:  # this module imported twice (as __main__ and by name): one registered class
     existing = get_model(MODEL_NAME)
-    if getattr(existing, "is_mambaswelu_adapter", False):
-      return existing
   except (KeyError, ValueError):
-    pass
+    existing = None
+  if not getattr(existing, "is_mambaswelu_adapter", False):
+    register_model(MODEL_NAME)(MambaSweluLM)
 
-  @register_model(MODEL_NAME)
-  class MambaSweluLM(TemplateLM):
-    """A restored MambaSWELU run as an lm-eval model."""
 
-    backend = "causal"
-    is_mambaswelu_adapter = True
+_register()
 
-    def __init__(self, workdir: str | None = None, step: Any = "latest", batch_size: Any = 16,
-                 max_length: int = 0, max_gen_toks: int = 256, run=None, **kwargs):
-      super().__init__()
-      if kwargs:
-        log.info("ignoring model_args %s", sorted(kwargs))
-      if run is None:
-        if not workdir:
-          raise ValueError("model_args must name the run: workdir=DIR[,step=N]")
-        run = eval_lib.load_run(workdir, step)
-      self.run = run
-      self.tokenizer = run.tokenizer
-      try:
-        self.batch_size = max(1, int(batch_size))
-      except (TypeError, ValueError):   # lm-eval's "auto": a fixed size here
-        self.batch_size = 16
-      self._cap = int(max_length or 0)  # the user's cap; 0: only the model's own limit
-      self._limit = eval_lib.scoring_limit(run, self._cap)
-      self.limited_by = (None if self._limit is None else "model.max_len"
-                          if self._limit == run.max_length else "max_length model_arg")
-      self.max_gen_toks = int(max_gen_toks)
-      # {task: counts} of what was cut (see _tally); run_benchmarks stores it per task.
-      self.truncation: dict[str, dict] = {}
-      self._task_names: list | None = None
-      self._scorer = eval_lib.make_scorer(run)
-      self._generator = generate_lib.Generator(run)
 
-    # --- Tokens.
-
-    @property
-    def eot_token_id(self) -> int:
-      return self.tokenizer.eos_id
-
-    @property
-    def prefix_token_id(self) -> int:
-      return self.tokenizer.eos_id
-
-    @property
-    def max_length(self) -> int | None:
-      """The most tokens read at once; None: no limit (the selective SSM, uncapped)."""
-      return self._limit
-
-    @property
-    def tokenizer_name(self) -> str:
-      return f"{self.run.workdir}/tokenizer.model"
-
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None,
-                   **kwargs) -> list[int]:
-      del add_special_tokens, kwargs
-      return list(self.tokenizer.encode(string))
-
-    def tok_decode(self, tokens, **kwargs) -> str:
-      del kwargs
-      return self.tokenizer.decode(tokens)
-
-    # --- Scoring.
-
-    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-      """lm-eval's split of context and continuation, with EOS (the document start in
-      training) in front of the context, as lm-eval puts it in front of an empty one."""
-      context_enc, continuation_enc = super()._encode_pair(context, continuation)
-      return [self.prefix_token_id] + context_enc, continuation_enc
-
-    # --- What was cut: counted per task, warned about per call.
-
-    def _tally(self, kind: str, tasks, cuts) -> None:
-      """Counts one scoring call: cuts[i] = (tokens cut, continuation tokens cut, windows)
-      of request i (windows: rolling pieces past the first). A warning line ends a call
-      that cut anything."""
-      call = _zero_truncation(self._limit, self.limited_by)
-      for task, (cut, cont_cut, windows) in zip(tasks, cuts):
-        for t in (self.truncation.setdefault(
-            task or "", _zero_truncation(self._limit, self.limited_by)), call):
-          t["requests"] += 1
-          t["truncated"] += int(cut > 0 or windows > 0)
-          t["tokens_cut"] += cut
-          t["continuation_tokens_cut"] += cont_cut
-          t["rolling_windows"] += windows + 1 if windows else 0
-      warning = eval_lib.truncation_warning(f"{MODEL_NAME} {kind}", call)
-      if warning:
-        log.warning(warning.removeprefix("warning: "))
-
-    # --- Scoring.
-
-    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-      """lm-eval's own tokenization (TemplateLM), with the requests' task names kept for
-      the truncation counts."""
-      self._task_names = [getattr(r, "task_name", None) for r in requests]
-      try:
-        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-      finally:
-        self._task_names = None
-
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False,
-                              **kwargs) -> list[tuple[float, bool]]:
-      del kwargs
-      pairs = [(ctx, cont) for _, ctx, cont in requests]
-      out = eval_lib.score_sequences(self.run, pairs, batch_size=self.batch_size,
-                                     max_length=self._cap, scorer=self._scorer,
-                                     progress=_progress(len(pairs), "loglikelihood",
-                                                        disable_tqdm))
-      tasks = self._task_names
-      if tasks is None or len(tasks) != len(pairs):
-        tasks = [None] * len(pairs)
-      cuts = []
-      for ctx, cont in pairs:
-        _, scored, cut = eval_lib.fit_request(ctx, cont, self._limit)
-        cuts.append((cut, len(cont) - scored if cont else 0, 0))
-      self._tally("loglikelihood", tasks, cuts)
-      for (key, _, _), result in zip(requests, out):
-        if key is not None:
-          self.cache_hook.add_partial("loglikelihood", key, result)
-      return out
-
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-      """Σ log p of every token of each text after EOS: the whole text in one piece when
-      it fits (always, for the selective SSM uncapped); past the limit, lm-eval's
-      disjoint rolling windows of `limit` tokens (every token predicted once, each
-      window's tokens seeing only the window)."""
-      from lm_eval import utils  # pylint: disable=import-outside-toplevel
-      pieces, owners, cuts = [], [], []
-      for i, req in enumerate(requests):
-        (text,) = req.args
-        ids = self.tok_encode(text)
-        if self._limit is None or len(ids) <= self._limit:
-          windows = [([self.prefix_token_id], ids)]
-        else:
-          windows = [utils.make_disjoint_window(w) for w in utils.get_rolling_token_windows(
-              token_list=ids, prefix_token=self.prefix_token_id, max_seq_len=self._limit,
-              context_len=1)]
-        # A window's unseen past: the tokens of [EOS] + ids before its first one.
-        end, unseen = 1, 0
-        for ctx, cont in windows:
-          end += len(cont)
-          unseen += end - len(ctx) - len(cont)
-        pieces += windows
-        owners += [i] * len(windows)
-        cuts.append((unseen, 0, len(windows) - 1))
-      scores = eval_lib.score_sequences(
-          self.run, pieces, batch_size=self.batch_size, max_length=self._cap,
-          scorer=self._scorer,
-          progress=_progress(len(pieces), "loglikelihood_rolling", disable_tqdm))
-      self._tally("loglikelihood_rolling", [getattr(r, "task_name", None) for r in requests],
-                  cuts)
-      totals = [0.0] * len(requests)
-      for i, (logp, _) in zip(owners, scores):
-        totals[i] += logp
-      for req, total in zip(requests, totals):
-        self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
-      return totals
-
-    # --- Generation.
-
-    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-      results: list[str | None] = [None] * len(requests)
-      groups: dict = {}
-      cuts = []
-      for i, req in enumerate(requests):
-        context, gen_kwargs = req.args
-        gk = dict(gen_kwargs or {})
-        until = gk.pop("until", None) or []
-        until = [until] if isinstance(until, str) else list(until)
-        eot = self.tok_decode([self.eot_token_id])
-        if eot and eot not in until:
-          until.append(eot)
-        max_new = int(gk.pop("max_gen_toks", self.max_gen_toks))
-        do_sample = bool(gk.pop("do_sample", False))
-        temperature = float(gk.pop("temperature", 0.0)) if do_sample else 0.0
-        top_k = int(gk.pop("top_k", 0) or 0) if do_sample else 0
-        top_p = float(gk.pop("top_p", 1.0) or 1.0) if do_sample else 1.0
-        ids = [self.prefix_token_id] + self.tok_encode(context)
-        cut = 0
-        if self._limit is not None:  # leave room for the new tokens, as lm-eval's HF model does
-          cut = max(0, len(ids) - max(1, self._limit - max_new))
-          ids = ids[cut:]
-        cuts.append((cut, 0, 0))
-        key = (max_new, temperature, top_k, top_p)
-        groups.setdefault(key, []).append((i, ids, until))
-      for (max_new, temperature, top_k, top_p), items in groups.items():
-        items.sort(key=lambda x: -len(x[1]))
-        for s in range(0, len(items), self.batch_size):
-          chunk = items[s:s + self.batch_size]
-          outs, _, _ = self._generator.generate_ids(
-              [ids for _, ids, _ in chunk], max_new, temperature=temperature, top_k=top_k,
-              top_p=top_p, seed=0, stop_at_eos=True)
-          for (i, _, until), out in zip(chunk, outs):
-            text = self.tok_decode(out)
-            for stop in until:
-              if stop and stop in text:
-                text = text[:text.index(stop)]
-            results[i] = text
-            self.cache_hook.add_partial("generate_until", requests[i].args, text)
-      self._tally("generate_until", [getattr(r, "task_name", None) for r in requests], cuts)
-      return results  # type: ignore[return-value]
-
-  return MambaSweluLM
+def model_class() -> type:
+  """The lm-eval model class registered as `mambaswelu`."""
+  return get_model(MODEL_NAME)
 
 
 def _zero_truncation(limit: int | None, limited_by: str | None) -> dict:
@@ -305,17 +314,6 @@ def _progress(total: int, desc: str, disable: bool):
   return step
 
 
-_CLASS = None
-
-
-def model_class():
-  """The registered lm-eval model class (registers it on first call)."""
-  global _CLASS  # pylint: disable=global-statement
-  if _CLASS is None:
-    _CLASS = _make_class()
-  return _CLASS
-
-
 def run_benchmarks(run, tasks: list[str], *, limit: int | None = None, batch_size: int = 16,
                    include_path: str | None = None, num_fewshot: int | None = None,
                    max_length: int = 0, bootstrap_iters: int = 1000) -> dict:
@@ -331,8 +329,6 @@ def run_benchmarks(run, tasks: list[str], *, limit: int | None = None, batch_siz
   include_path: a folder of extra task YAMLs (lm-eval's TaskManager include_path).
   max_length: a cap on the tokens read at once (the model arg of the same name).
   """
-  lm_eval, _, _ = _lm_eval()
-  from lm_eval.tasks import TaskManager  # pylint: disable=import-outside-toplevel
   lm = model_class()(run=run, batch_size=batch_size, max_length=max_length)
   manager = None
   if include_path:  # indexing lm-eval's own ~thousands of task files takes seconds: skip it
@@ -371,24 +367,15 @@ def run_benchmarks(run, tasks: list[str], *, limit: int | None = None, batch_siz
     if task not in groups:
       clean["truncation"] = dict(lm.truncation.get(
           task, _zero_truncation(lm.max_length, lm.limited_by)))
-      warning = eval_lib.truncation_warning(task, clean["truncation"])
+      warning = scoring.truncation_warning(task, clean["truncation"])
       if warning:
         log.warning(warning.removeprefix("warning: "))
     results[task] = clean
   return results
 
 
-try:  # Register with lm-eval's registry when lm-eval is importable.
-  import importlib.util as _ilu
-  if _ilu.find_spec("lm_eval") is not None:
-    model_class()
-except Exception as _e:  # pylint: disable=broad-except
-  log.debug("lm-eval model not registered: %s", _e)
-
-
 def main() -> None:
   """lm-eval's command line with the `mambaswelu` model registered."""
-  _lm_eval()
   from lm_eval.__main__ import cli_evaluate  # pylint: disable=import-outside-toplevel
   cli_evaluate()
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from mambaswelu_jax import checkpointing
-from mambaswelu_jax import eval as eval_lib
+from mambaswelu_jax import evaluation
+from mambaswelu_jax import restore
 from mambaswelu_jax.data import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,18 +28,18 @@ def _metrics_at(workdir, step):
 
 
 def test_steps_and_kinds(trained_workdir):
-  steps = eval_lib.available_steps(trained_workdir)
+  steps = restore.available_steps(trained_workdir)
   assert steps == {4: ["snapshots", "checkpoints"], 8: ["final", "snapshots", "checkpoints"]}
-  assert eval_lib.resolve_steps(trained_workdir, "all") == [4, 8]
-  assert eval_lib.resolve_steps(trained_workdir, "latest") == [8]
-  assert eval_lib.resolve_steps(trained_workdir, "final") == [8]
-  assert eval_lib.resolve_steps(trained_workdir, "4") == [4]
+  assert restore.resolve_steps(trained_workdir, "all") == [4, 8]
+  assert restore.resolve_steps(trained_workdir, "latest") == [8]
+  assert restore.resolve_steps(trained_workdir, "final") == [8]
+  assert restore.resolve_steps(trained_workdir, "4") == [4]
 
 
 def test_eval_splits_and_types_match_the_trainer(trained_workdir, tmp_path):
   # The trainer evaluated step 8 on eval.max_batches=2 batches of 4 x 32 tokens.
-  out = eval_lib.evaluate_run(trained_workdir, "8", splits=("validation", "test"),
-                              max_tokens=256, output_dir=str(tmp_path), log=lambda *_: None)
+  out = evaluation.evaluate_run(trained_workdir, "8", splits=("validation", "test"),
+                                max_tokens=256, output_dir=str(tmp_path), log=lambda *_: None)
   (r,) = out
   assert r["step"] == 8 and r["checkpoint"] == "final" and r["tokens_seen"] == 8 * 8 * 32
   val = r["splits"]["validation"]
@@ -59,24 +60,24 @@ def test_eval_splits_and_types_match_the_trainer(trained_workdir, tmp_path):
   with open(tmp_path / "8.json", encoding="utf-8") as f:
     assert json.load(f)["splits"]["test"]["tokens"] == r["splits"]["test"]["tokens"]
   # A later call adds to the file instead of replacing it.
-  eval_lib.write_results(str(tmp_path / "8.json"), {"benchmarks": {"x": {"acc": 0.5}}})
+  evaluation.write_results(str(tmp_path / "8.json"), {"benchmarks": {"x": {"acc": 0.5}}})
   with open(tmp_path / "8.json", encoding="utf-8") as f:
     both = json.load(f)
   assert both["benchmarks"] == {"x": {"acc": 0.5}} and set(both["splits"]) == {"validation", "test"}
-  assert "validation" in eval_lib.format_table([both])
+  assert "validation" in evaluation.format_table([both])
   # --skip_done reuses what is stored; other settings evaluate again.
   msgs = []
-  again = eval_lib.evaluate_run(trained_workdir, "8", splits=("validation",), max_tokens=256,
-                                output_dir=str(tmp_path), skip_done=True, log=msgs.append)
+  again = evaluation.evaluate_run(trained_workdir, "8", splits=("validation",), max_tokens=256,
+                                  output_dir=str(tmp_path), skip_done=True, log=msgs.append)
   assert msgs == ["step 8: stored results reused"] and again[0]["benchmarks"] == {"x": {"acc": 0.5}}
-  eval_lib.evaluate_run(trained_workdir, "8", splits=("validation",), max_tokens=128,
-                        output_dir=str(tmp_path), skip_done=True, log=msgs.append)
+  evaluation.evaluate_run(trained_workdir, "8", splits=("validation",), max_tokens=128,
+                          output_dir=str(tmp_path), skip_done=True, log=msgs.append)
   assert "reused" not in msgs[-1]
 
 
 def test_bits_per_byte_by_hand(trained_workdir):
   """Two short documents with multi-byte characters; every number recomputed from the text."""
-  run = eval_lib.load_run(trained_workdir, "latest")
+  run = restore.load_run(trained_workdir, "latest")
   docs = [{"text": "héllo wörld 中文", "text_type": "a", "id": "1"},
           {"text": "x = 1  # 😀\n", "text_type": "b", "id": "2"}]
   source = sources.InMemorySource({"validation": docs}, ["a", "b"])
@@ -92,7 +93,7 @@ def test_bits_per_byte_by_hand(trained_workdir):
   nll = -np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), -1))[
       np.arange(len(stream) - 1), stream[1:]].astype(np.float64)
   nbytes = sum(len(d["text"].encode("utf-8")) for d in docs)
-  r = eval_lib.evaluate_split(run, "validation", source=source)
+  r = evaluation.evaluate_split(run, "validation", source=source)
   assert r["tokens"] == len(stream) - 1 and r["bytes"] == nbytes
   np.testing.assert_allclose(r["loss"], nll.mean(), rtol=1e-5)
   np.testing.assert_allclose(r["bits_per_byte"], nll.sum() / (math.log(2) * nbytes), rtol=1e-5)
@@ -106,14 +107,14 @@ def test_bits_per_byte_by_hand(trained_workdir):
 
 def test_params_only_restore(trained_workdir):
   """Step 4 from the params-only snapshot equals the params part of the full state."""
-  snap = eval_lib.load_run(trained_workdir, 4)
+  snap = restore.load_run(trained_workdir, 4)
   assert snap.kind == "snapshots"
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           snap.params)
   step, full = checkpointing.restore_params(trained_workdir, abstract, 4, kind="checkpoints")
   assert step == 4
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(snap.params), jax.device_get(full))
-  final = eval_lib.load_run(trained_workdir, "final")
+  final = restore.load_run(trained_workdir, "final")
   assert final.step == 8 and final.kind == "final"
   leaves4 = jax.tree.leaves(jax.device_get(snap.params))
   leaves8 = jax.tree.leaves(jax.device_get(final.params))
@@ -121,24 +122,24 @@ def test_params_only_restore(trained_workdir):
 
 
 def test_clear_errors(trained_workdir, tmp_path):
-  with pytest.raises(eval_lib.EvalError, match="step 5 is not saved.*4, 8"):
-    eval_lib.resolve_steps(trained_workdir, 5)
-  with pytest.raises(eval_lib.EvalError, match="does not exist"):
-    eval_lib.load_run(str(tmp_path / "nowhere"))
+  with pytest.raises(restore.RunError, match="step 5 is not saved.*4, 8"):
+    restore.resolve_steps(trained_workdir, 5)
+  with pytest.raises(restore.RunError, match="does not exist"):
+    restore.load_run(str(tmp_path / "nowhere"))
   empty = tmp_path / "empty"
   empty.mkdir()
-  with pytest.raises(eval_lib.EvalError, match="config.json"):
-    eval_lib.load_run(str(empty))
+  with pytest.raises(restore.RunError, match="config.json"):
+    restore.load_run(str(empty))
   copy = tmp_path / "copy"
   shutil.copytree(trained_workdir, copy)
   os.remove(copy / "tokenizer.model")
-  with pytest.raises(eval_lib.EvalError, match="tokenizer.model"):
-    eval_lib.load_run(str(copy))
+  with pytest.raises(restore.RunError, match="tokenizer.model"):
+    restore.load_run(str(copy))
   shutil.copy(os.path.join(trained_workdir, "tokenizer.model"), copy / "tokenizer.model")
   for kind in ("final", "snapshots", "checkpoints"):
     shutil.rmtree(copy / kind)
-  with pytest.raises(eval_lib.EvalError, match="holds no checkpoints"):
-    eval_lib.load_run(str(copy))
+  with pytest.raises(restore.RunError, match="holds no checkpoints"):
+    restore.load_run(str(copy))
   # A corrupt snapshot: every data file of its params truncated.
   corrupt = tmp_path / "corrupt"
   shutil.copytree(trained_workdir, corrupt)
@@ -148,8 +149,8 @@ def test_clear_errors(trained_workdir, tmp_path):
         if "ocdbt" in dirpath or name.endswith(".ocdbt") or dirpath.endswith("/d"):
           with open(os.path.join(dirpath, name), "wb") as f:
             f.write(b"\0")
-  with pytest.raises(eval_lib.EvalError, match=r"step 4 do not restore[\s\S]*snapshots/4"):
-    eval_lib.load_run(str(corrupt), 4)
+  with pytest.raises(restore.RunError, match=r"step 4 do not restore[\s\S]*snapshots/4"):
+    restore.load_run(str(corrupt), 4)
 
 
 def test_eval_on_another_device_count(trained_workdir, tmp_path):
@@ -189,7 +190,7 @@ def test_benchmark_table_shows_metrics_and_truncation(tmp_path):
                                    "truncation": trunc},
                 "piqa": {"acc": 0.5, "acc_norm": 0.625, "sample_len": 8,
                          "truncation": dict(trunc, truncated=0, tokens_cut=0)}}}
-  report = eval_lib.format_report([result], str(tmp_path / "out"))
+  report = evaluation.format_report([result], str(tmp_path / "out"))
   lines = report.splitlines()
   assert "sample_len" not in report and "truncation" not in report
   assert any(line.endswith("lambada_openai acc 0.2500 ± 0.0625, perplexity 310.5000 ± 40.2500 "
@@ -199,5 +200,5 @@ def test_benchmark_table_shows_metrics_and_truncation(tmp_path):
       "warning: step 8 lambada_openai: 3 of 40 requests truncated at 1024 tokens "
       "(model.max_len): 2,500 tokens cut"]
   assert lines[-1] == f"results: {tmp_path / 'out' / '8.json'}"
-  assert eval_lib.format_report([result]).splitlines()[-1] == (
+  assert evaluation.format_report([result]).splitlines()[-1] == (
       f"results: {tmp_path / 'run' / 'eval' / '8.json'}")

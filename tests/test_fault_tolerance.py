@@ -241,7 +241,7 @@ def test_resume_after_garbage_in_latest_checkpoint(straight, tokenizer_path, tmp
 
 
 def test_eval_on_corrupt_step_names_the_file(straight, tmp_path):
-  from mambaswelu_jax import eval as eval_lib
+  from mambaswelu_jax import restore
   workdir = str(tmp_path / "w")
   shutil.copytree(straight[0], workdir)
   # Every array data file of step 8 (a full state's may hold only optimizer arrays,
@@ -253,8 +253,8 @@ def test_eval_on_corrupt_step_names_the_file(straight, tmp_path):
           with open(os.path.join(d, f), "r+b") as fh:
             fh.seek(os.path.getsize(os.path.join(d, f)) // 3)
             fh.write(b"\x5a" * 64)
-  with pytest.raises(eval_lib.EvalError) as e:
-    eval_lib.load_run(workdir, 8)
+  with pytest.raises(restore.RunError) as e:
+    restore.load_run(workdir, 8)
   msg = str(e.value)
   for kind in ("checkpoints", "snapshots", "final"):
     assert f"{kind}/8" in msg

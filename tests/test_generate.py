@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mambaswelu_jax import eval as eval_lib
 from mambaswelu_jax import generate as gen
+from mambaswelu_jax import generation
+from mambaswelu_jax import restore
 from mambaswelu_jax import sampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,14 +24,14 @@ NEG = float(jnp.finfo(jnp.float32).min)
 
 @pytest.fixture(scope="module")
 def run(trained_workdir):
-  return eval_lib.load_run(trained_workdir, "latest")
+  return restore.load_run(trained_workdir, "latest")
 
 
 @pytest.fixture(scope="module")
 def g(run):
   """One generator (and so one compilation cache): the tests below share two shapes,
   batch 1 or 3, prompts of at most 8 tokens, 16 new tokens."""
-  return gen.Generator(run)
+  return generation.Generator(run)
 
 
 def _kept(logits, top_k, top_p):
@@ -75,7 +76,7 @@ def test_same_seed_same_text(run, g):
   kw = dict(max_new_tokens=16, num_samples=3, temperature=1.0, top_k=50, top_p=0.9,
             stop_at_eos=False)
   a = g.generate("def ", seed=7, **kw)
-  b = gen.Generator(run).generate("def ", seed=7, **kw)   # a new generator, same text
+  b = generation.Generator(run).generate("def ", seed=7, **kw)   # a new generator, same text
   c = g.generate("def ", seed=8, **kw)
   assert a.tokens == b.tokens and a.texts == b.texts
   assert a.tokens != c.tokens

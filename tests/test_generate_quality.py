@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mambaswelu_jax import eval as eval_lib
+from mambaswelu_jax import restore
+from mambaswelu_jax import scoring
 from mambaswelu_jax import gen_quality as gq
 
 
@@ -25,7 +26,7 @@ def test_distinct_and_repetition_by_hand():
 
 
 def test_score_sequences_and_cross_scores_equal_the_forward(trained_workdir):
-  run = eval_lib.load_run(trained_workdir, 8)
+  run = restore.load_run(trained_workdir, 8)
   tok = run.tokenizer
   prompt, sample = "def f(", "x, y):\n    return x"
   ctx = [tok.eos_id] + tok.encode(prompt)
@@ -34,7 +35,7 @@ def test_score_sequences_and_cross_scores_equal_the_forward(trained_workdir):
   logits = run.logits([whole[:-1]])[0].astype(jnp.float32)
   logp = np.asarray(jax.nn.log_softmax(logits, -1), np.float64)
   want = logp[np.arange(len(whole) - 1), whole[1:]][-n:].sum()
-  ((got, _),) = eval_lib.score_sequences(run, [(ctx, whole[len(ctx):])])
+  ((got, _),) = scoring.score_sequences(run, [(ctx, whole[len(ctx):])])
   np.testing.assert_allclose(got, want, rtol=2e-5)
   s = gq.cross_scores(run, [prompt], [sample])
   assert s["tokens"] == n and s["bytes"] == len(sample.encode())
@@ -43,7 +44,7 @@ def test_score_sequences_and_cross_scores_equal_the_forward(trained_workdir):
 
 
 def test_compare_runs(trained_workdir):
-  runs = [eval_lib.load_run(trained_workdir, 4), eval_lib.load_run(trained_workdir, 8)]
+  runs = [restore.load_run(trained_workdir, 4), restore.load_run(trained_workdir, 8)]
   result = gq.compare_runs(runs, ["import "], num_samples=3, max_new_tokens=12,
                            temperature=1.0, top_p=0.95, seed=0)
   names = list(result["runs"])

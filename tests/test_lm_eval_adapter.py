@@ -27,9 +27,11 @@ lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip i
 
 from lm_eval.api.instance import Instance  # pylint: disable=wrong-import-position
 
-from mambaswelu_jax import eval as eval_lib  # pylint: disable=wrong-import-position
-from mambaswelu_jax import generate as gen  # pylint: disable=wrong-import-position
+from mambaswelu_jax import evaluation  # pylint: disable=wrong-import-position
+from mambaswelu_jax import generation  # pylint: disable=wrong-import-position
 from mambaswelu_jax import lm_eval_adapter  # pylint: disable=wrong-import-position
+from mambaswelu_jax import restore  # pylint: disable=wrong-import-position
+from mambaswelu_jax import scoring  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -193,7 +195,7 @@ def workdir(request):
 
 @pytest.fixture(scope="module")
 def run(workdir):
-  return eval_lib.load_run(workdir, "latest")
+  return restore.load_run(workdir, "latest")
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +337,7 @@ def test_long_requests_are_scored_whole_or_cut_and_counted(run, lm, caplog):
     assert cut == 0 and counts["truncated"] == 0 and counts["requests"] == 2 and not warned
     # Past the longest single forward pass (shrunk here to 512 tokens) the same numbers
     # come through the recurrent state, piece after piece.
-    pieces = eval_lib.score_sequences(run, [(ids[:-n], ids[-n:]) for _, _, ids, n in reqs],
+    pieces = scoring.score_sequences(run, [(ids[:-n], ids[-n:]) for _, _, ids, n in reqs],
                                       longest_forward=512)
     for (_, _, ids, _), (whole, greedy), (logp, want_greedy) in zip(reqs, out, pieces):
       assert len(ids) > 2 * 512
@@ -355,7 +357,7 @@ def test_long_requests_are_scored_whole_or_cut_and_counted(run, lm, caplog):
 
 
 def test_generate_until_is_greedy_recurrent_decoding(run, lm):
-  g = gen.Generator(run)
+  g = generation.Generator(run)
   ctxs = ["def main(", "import"]
   reqs = [_req("generate_until", (c, {"until": ["\n\n"], "max_gen_toks": 12}), i)
           for i, c in enumerate(ctxs)]
@@ -373,9 +375,9 @@ def test_local_tasks_through_the_eval_command(workdir, run, tasks_dir, tmp_path)
   metrics (no lm-eval bookkeeping), the truncation warning and the real results file."""
   tasks = ["mini_lambada_openai", "mini_hellaswag", "mini_piqa", "mini_winogrande"]
   logged = []
-  (result,) = eval_lib.evaluate_run(workdir, "latest", splits=(), benchmarks=tasks,
-                                    benchmark_tasks_dir=tasks_dir, benchmark_batch_size=4,
-                                    output_dir=str(tmp_path), log=logged.append)
+  (result,) = evaluation.evaluate_run(workdir, "latest", splits=(), benchmarks=tasks,
+                                      benchmark_tasks_dir=tasks_dir, benchmark_batch_size=4,
+                                      output_dir=str(tmp_path), log=logged.append)
   path = tmp_path / f"{result['step']}.json"
   with open(path, encoding="utf-8") as f:
     res = json.load(f)["benchmarks"]
@@ -406,7 +408,7 @@ def test_local_tasks_through_the_eval_command(workdir, run, tasks_dir, tmp_path)
     assert res[task]["truncation"]["truncated"] == 0
   # What the command prints: metrics with their stderr, a warning line for the cut
   # request, and the file the results are in.
-  report = eval_lib.format_report([result], str(tmp_path))
+  report = evaluation.format_report([result], str(tmp_path))
   assert "sample_len" not in report and "documents" in report
   piqa = res["mini_piqa"]
   assert f"acc {piqa['acc']:.4f} ± {piqa['acc_stderr']:.4f}" in report

@@ -83,8 +83,7 @@ def test_transformer_run_through_train_eval_and_generate(trained_transformer_wor
   import functools  # pylint: disable=import-outside-toplevel
   import json  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax import generate, sampler  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import evaluation, generation, restore, sampler  # pylint: disable=import-outside-toplevel
   wd = trained_transformer_workdir
   with open(os.path.join(wd, "metrics.jsonl"), encoding="utf-8") as f:
     rows = [json.loads(line) for line in f if line.strip()]
@@ -92,15 +91,15 @@ def test_transformer_run_through_train_eval_and_generate(trained_transformer_wor
   trainer = [r for r in rows if r["step"] == steps and "validation_loss" in r][-1]
   assert np.isfinite(trainer["validation_loss"])
   assert trainer["validation_loss"] < np.log(demo.get_config("tiny").model.vocab_size)
-  (r,) = eval_lib.evaluate_run(wd, "latest", splits=("validation",), max_tokens=256,
-                               output_dir=str(tmp_path), log=lambda *_: None)
-  run = eval_lib.load_run(wd, "latest")
+  (r,) = evaluation.evaluate_run(wd, "latest", splits=("validation",), max_tokens=256,
+                                 output_dir=str(tmp_path), log=lambda *_: None)
+  run = restore.load_run(wd, "latest")
   assert run.config.model.architecture == "transformer" and r["step"] == steps
   np.testing.assert_allclose(r["splits"]["validation"]["loss"], trainer["validation_loss"],
                              rtol=1e-5)
   np.testing.assert_allclose(r["splits"]["validation"]["bits_per_byte"],
                              trainer["validation_bits_per_byte"], rtol=1e-5)
-  g = generate.Generator(run)
+  g = generation.Generator(run)
   prompt, new = g.encode_prompt("import os\n"), 12
   (fast,), _, _ = g.generate_ids([prompt], new, temperature=0.0, stop_at_eos=False)
   buf = np.zeros((1, 32), np.int32)

@@ -18,6 +18,7 @@ import os
 import re
 from typing import Any
 
+from mambaswelu_jax import workdir as layout
 from study_lib import runs as runs_lib
 from study_lib import status as status_lib
 
@@ -96,9 +97,9 @@ class RunRecord:
   def load(cls, workdir: str, spec: runs_lib.RunSpec | None = None) -> "RunRecord":
     workdir = os.path.abspath(workdir)
     name = os.path.basename(os.path.normpath(workdir))
-    config = runs_lib.load_json(os.path.join(workdir, "config.json")) or {}
+    config = runs_lib.load_json(os.path.join(workdir, layout.CONFIG)) or {}
     evals = {}
-    edir = os.path.join(workdir, "eval")
+    edir = os.path.join(workdir, layout.EVAL)
     if os.path.isdir(edir):
       for fn in os.listdir(edir):
         if fn.endswith(".json") and fn[:-5].isdigit():
@@ -108,9 +109,9 @@ class RunRecord:
     run = cls(name=name, workdir=workdir, config=config,
               metrics=status_lib.read_metrics(workdir), evals=dict(sorted(evals.items())),
               generations=runs_lib.load_json(os.path.join(workdir, "generations.json")),
-              segments=parse_train_log(os.path.join(workdir, "train.log")),
-              snapshots=runs_lib.saved_steps(workdir, "snapshots"),
-              final_steps=runs_lib.saved_steps(workdir, "final"))
+              segments=parse_train_log(os.path.join(workdir, layout.TRAIN_LOG)),
+              snapshots=layout.steps(workdir, layout.SNAPSHOTS),
+              final_steps=layout.steps(workdir, layout.FINAL))
     info = runs_lib.load_json(os.path.join(workdir, "study_run.json")) or {}
     run.role = (spec.role if spec else "") or info.get("role", "") or guess_role(config)
     run.label = (spec.label if spec else "") or info.get("label", "") or describe_data(config)
@@ -321,14 +322,14 @@ def load_study(root: str, specs=None, names: list[str] | None = None) -> list[Ru
   seen = set()
   for spec in specs:
     wd = os.path.join(root, spec.name)
-    if os.path.exists(os.path.join(wd, "config.json")) and (not names or spec.name in names):
+    if os.path.exists(os.path.join(wd, layout.CONFIG)) and (not names or spec.name in names):
       out.append(RunRecord.load(wd, spec))
       seen.add(spec.name)
   if not specs:
     try:
       for d in sorted(os.listdir(root)):
         wd = os.path.join(root, d)
-        if d not in seen and os.path.exists(os.path.join(wd, "config.json")) and (
+        if d not in seen and os.path.exists(os.path.join(wd, layout.CONFIG)) and (
             not names or d in names):
           out.append(RunRecord.load(wd))
     except OSError:

@@ -11,16 +11,19 @@
   benchmarks_study(runs, ...) lm-eval's four tasks when lm-eval and its datasets are
                               available; otherwise the reason, for the report.
 
-Imports JAX and the evaluation modules (mambaswelu_jax.eval / generate) when called.
+Imports JAX and the evaluation modules (mambaswelu_jax.restore / evaluation /
+gen_quality) when called; at import time only the standard library and the package's
+standard-library modules (workdir layout, the perplexity formula).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 
+from mambaswelu_jax import perplexity
+from mambaswelu_jax import workdir as layout
 from study_lib import collect
 from study_lib import runs as runs_lib
 
@@ -29,11 +32,7 @@ BENCHMARKS = ("lambada_openai", "hellaswag", "piqa", "winogrande")
 
 
 def _write_json(path: str, doc: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(doc, f, indent=1, sort_keys=True, default=float)
-    f.write("\n")
-  os.replace(tmp, path)
+  layout.atomic_write(path, json.dumps(doc, indent=1, sort_keys=True, default=float) + "\n")
 
 
 def _merge_cross(path: str, label: str, split: str, result: dict) -> None:
@@ -79,10 +78,7 @@ def _combine(by_type: dict) -> dict:
   nll = sum(f["loss"] * f["tokens"] for f in by_type.values() if f.get("tokens"))
   tokens = sum(f.get("tokens", 0) for f in by_type.values())
   nbytes = sum(f.get("bytes", 0) for f in by_type.values())
-  loss = nll / tokens if tokens else float("nan")
-  return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)) if tokens else float("nan"),
-          "bits_per_byte": nll / (math.log(2) * nbytes) if nbytes else float("nan"),
-          "tokens": tokens, "bytes": nbytes, "by_type": by_type,
+  return {**perplexity.figures(nll, tokens, nbytes), "by_type": by_type,
           "note": "per-type evaluations, each capped at the same token count, combined"}
 
 
@@ -96,7 +92,8 @@ def evaluate_study(runs, *, max_tokens: int = 16384, log=print) -> dict:
   `max_tokens`), stored under eval/<step>.json "cross" -> <general data> so per-type
   comparisons rest on identical, type-balanced text.
   """
-  from mambaswelu_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import evaluation  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import restore  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.data import sources  # pylint: disable=import-outside-toplevel
   plan = comparison_steps(runs)
   general = next((r for r in runs if r.role == "general_long"), None) or next(
@@ -111,22 +108,23 @@ def evaluate_study(runs, *, max_tokens: int = 16384, log=print) -> dict:
       continue
     t0 = time.time()
     final_step = r.final_steps[-1]
-    results = eval_lib.evaluate_run(r.workdir, final_step, splits=("validation", "test"),
-                                    max_tokens=max_tokens, log=lambda m: None)
+    results = evaluation.evaluate_run(r.workdir, final_step, splits=("validation", "test"),
+                                      max_tokens=max_tokens, log=lambda m: None)
     if gen_src is not None:
-      config, tok = eval_lib.load_config_and_tokenizer(r.workdir)
+      config, tok = restore.load_config_and_tokenizer(r.workdir)
       for s in steps:
-        run = eval_lib.load_run(r.workdir, s, config=config, tokenizer=tok)
-        path = eval_lib.results_path(r.workdir, s)
+        run = restore.load_run(r.workdir, s, config=config, tokenizer=tok)
+        path = evaluation.results_path(r.workdir, s)
         if not os.path.exists(path):  # a comparison step: record what it is
-          eval_lib.write_results(path, {"workdir": r.workdir, "step": s, "checkpoint": run.kind,
-                                        "tokens_seen": s * run.tokens_per_step, "splits": {},
-                                        "benchmarks": {}})
+          evaluation.write_results(path, {"workdir": r.workdir, "step": s,
+                                          "checkpoint": run.kind,
+                                          "tokens_seen": s * run.tokens_per_step,
+                                          "splits": {}, "benchmarks": {}})
         for split in (("validation", "test") if s == final_step else ("validation",)):
           by_type = {}
           for t in gen_src.text_types:
-            res = eval_lib.evaluate_split(run, split, max_tokens=max_tokens,
-                                          source=sources.TypeFilteredSource(gen_src, [t]))
+            res = evaluation.evaluate_split(run, split, max_tokens=max_tokens,
+                                            source=sources.TypeFilteredSource(gen_src, [t]))
             by_type[t] = {k: res[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens",
                                               "bytes")}
           _merge_cross(path, label, split, _combine(by_type))
@@ -160,13 +158,13 @@ def generate_study(runs, *, prompts=PROMPTS, max_new_tokens: int = 64, num_sampl
   engineer's `mambaswelu_jax.gen_quality.compare_runs` (same seed and settings for every
   run; distinct-n, repetition, and every sample scored by every run), then writes each
   run's part to its generations.json (and the whole result to ROOT/generation_quality.json)."""
-  from mambaswelu_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax import gen_quality  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import restore  # pylint: disable=import-outside-toplevel
   done = [r for r in runs if r.final_steps]
   if not done:
     log("no run has final params: no generations")
     return
-  loaded = [eval_lib.load_run(r.workdir, r.final_steps[-1]) for r in done]
+  loaded = [restore.load_run(r.workdir, r.final_steps[-1]) for r in done]
   result = gen_quality.compare_runs(loaded, list(prompts), num_samples=num_samples,
                                     max_new_tokens=max_new_tokens, temperature=temperature,
                                     top_p=top_p, seed=seed)
@@ -215,14 +213,14 @@ def benchmarks_study(runs, *, limit: int = 0, log=print) -> str:
     return ("lm-eval is installed, but its task datasets (LAMBADA, HellaSwag, PIQA, "
             "WinoGrande) come from the Hugging Face Hub, which this machine cannot reach "
             "(huggingface.co does not resolve): no benchmark was run.")
-  from mambaswelu_jax import eval as eval_lib  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import evaluation  # pylint: disable=import-outside-toplevel
   notes = []
   for r in runs:
     if not r.final_steps:
       continue
     try:
-      eval_lib.evaluate_run(r.workdir, r.final_steps[-1], splits=(), benchmarks=BENCHMARKS,
-                            benchmark_limit=limit, log=lambda m: None)
+      evaluation.evaluate_run(r.workdir, r.final_steps[-1], splits=(), benchmarks=BENCHMARKS,
+                              benchmark_limit=limit, log=lambda m: None)
       notes.append(f"{r.name}: benchmarks run")
     except Exception as e:  # pylint: disable=broad-except
       notes.append(f"{r.name}: benchmarks failed ({type(e).__name__}: {str(e)[:200]})")

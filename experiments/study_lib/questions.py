@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 
+from mambaswelu_jax import workdir as layout
 from study_lib import figures
 from study_lib import markdown as md
 from study_lib import runs as runs_lib
@@ -110,7 +111,7 @@ def num_params(run) -> int | None:
     return run.num_params
   import re  # pylint: disable=import-outside-toplevel
   try:
-    with open(os.path.join(run.workdir, "train.log"), encoding="utf-8") as f:
+    with open(os.path.join(run.workdir, layout.TRAIN_LOG), encoding="utf-8") as f:
       found = re.findall(r"model: ([\d,]+) parameters", f.read())
     if found:
       run.num_params = int(found[-1].replace(",", ""))

@@ -18,6 +18,8 @@ import os
 import random
 import time
 
+from mambaswelu_jax import workdir as layout
+
 
 def curve(d: float, e: float, b: float, beta: float) -> float:
   return e + b * d ** (-beta)
@@ -43,12 +45,12 @@ def write_run(workdir: str, *, source: str = "embedded", text_types: str = "",
       "checkpoint": {"every_steps": 50, "snapshot_every_steps": eval_every},
       "eval": {"every_steps": eval_every},
   }
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+  with open(os.path.join(workdir, layout.CONFIG), "w", encoding="utf-8") as f:
     json.dump(config, f)
   last = num_steps if upto is None else upto
   e, b, beta = law
   sites = ["blocks/0/mixer/conv_act", "blocks/0/out_act", "dense/acts/0"]
-  with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as f:
+  with open(os.path.join(workdir, layout.METRICS), "w", encoding="utf-8") as f:
     for step in range(log_every, last + 1, log_every):
       d = step * tps
       loss = curve(d, e, b, beta) + 0.05 + rng.gauss(0, noise)
@@ -66,15 +68,15 @@ def write_run(workdir: str, *, source: str = "embedded", text_types: str = "",
                     "validation_bits_per_byte": vl / math.log(2) / 3.0})
       f.write(json.dumps(rec) + "\n")
   # Checkpoints, snapshots, final.
-  for kind, every in (("checkpoints", 50), ("snapshots", eval_every)):
+  for kind, every in ((layout.CHECKPOINTS, 50), (layout.SNAPSHOTS, eval_every)):
     for step in range(every, last + 1, every):
       os.makedirs(os.path.join(workdir, kind, str(step)), exist_ok=True)
   if finished and last >= num_steps:
-    os.makedirs(os.path.join(workdir, "final", str(num_steps)), exist_ok=True)
+    os.makedirs(os.path.join(workdir, layout.FINAL, str(num_steps)), exist_ok=True)
   # train.log: one process, 0.4 s per step.
   t0 = start_time if start_time is not None else time.time() - 0.4 * last - 60
   stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-  with open(os.path.join(workdir, "train.log"), "w", encoding="utf-8") as f:
+  with open(os.path.join(workdir, layout.TRAIN_LOG), "w", encoding="utf-8") as f:
     f.write(f"{stamp(t0)} I run {workdir}: {devices} device(s) cpu over 1 process(es); ...\n")
     f.write(f"{stamp(t0 + 0.4 * last)} I step {last}/{num_steps}\n")
     if finished and last >= num_steps:
@@ -93,15 +95,15 @@ def write_run(workdir: str, *, source: str = "embedded", text_types: str = "",
     return tot
 
   if finished and last >= num_steps:
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    os.makedirs(os.path.join(workdir, layout.EVAL), exist_ok=True)
     for step in sorted({num_steps, (num_steps // 2) // eval_every * eval_every}):
-      doc = {"step": step, "tokens_seen": step * tps, "checkpoint": "final",
+      doc = {"step": step, "tokens_seen": step * tps, "checkpoint": layout.FINAL,
              "splits": {"validation": split_result(step, own_types),
                         "test": split_result(step, own_types)}, "benchmarks": {}}
       if cross:
         doc["cross"] = {label: {"validation": split_result(step, list(tl))}
                         for label, tl in cross.items()}
-      with open(os.path.join(workdir, "eval", f"{step}.json"), "w", encoding="utf-8") as f:
+      with open(os.path.join(workdir, layout.EVAL, f"{step}.json"), "w", encoding="utf-8") as f:
         json.dump(doc, f)
     if generations:
       gen = {"step": num_steps, "settings": {"temperature": 0.8, "max_new_tokens": 40},
