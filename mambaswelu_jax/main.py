@@ -121,13 +121,14 @@ def main(argv):
   from mambaswelu_jax import train  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.config_validation import ConfigError  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.data.sources import DataError  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.fault_tolerance import TrainingStopped  # pylint: disable=import-outside-toplevel
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ConfigError, DataError) as e:
     if _TRACEBACK.value:
       raise
     _fail(str(e))
-  except train.TrainingStopped as e:  # write error ("stop") or divergence: see train.py
+  except TrainingStopped as e:  # write error ("stop") or divergence: see fault_tolerance.py
     if _TRACEBACK.value:
       raise
     _fail(str(e), e.exit_code)

@@ -36,7 +36,6 @@ from mambaswelu_jax import run_data
 from mambaswelu_jax import workdir as layout
 from mambaswelu_jax.data_order import DataOrderLog
 from mambaswelu_jax.fault_tolerance import FaultPolicy
-from mambaswelu_jax.fault_tolerance import TrainingStopped  # pylint: disable=unused-import
 from mambaswelu_jax.mesh import make_mesh, pad_rows, split_batch, to_global
 from mambaswelu_jax.models import swelu_scalars
 from mambaswelu_jax.models.flops import flops_per_token

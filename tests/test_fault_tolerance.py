@@ -286,7 +286,7 @@ def test_write_error_keeps_earlier_checkpoints(tokenizer_path, tmp_path, monkeyp
                 eval__every_steps=0, checkpoint__on_write_error=mode,
                 checkpoint__max_to_keep=5)
   if mode == "stop":
-    with pytest.raises(train.TrainingStopped) as e:
+    with pytest.raises(fault_tolerance.TrainingStopped) as e:
       train.train_and_evaluate(config, workdir)
     assert e.value.exit_code == fault_tolerance.WRITE_ERROR_EXIT_CODE == 3
     assert "No space left on device" in str(e.value)

@@ -10,13 +10,12 @@ import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from configs import demo
-from mambaswelu_jax import config_validation, memory_check, steps, train
+from mambaswelu_jax import config_validation, memory_check, train
 from mambaswelu_jax.losses import token_nll
 from mambaswelu_jax.mesh import make_mesh
 from mambaswelu_jax.config_validation import ConfigError

@@ -75,7 +75,7 @@ from mambaswelu_jax.data.sources import DataError
 
 
 def _cfg(data_cfg, key, default):
-  return sources_lib._cfg(data_cfg, key, default)  # pylint: disable=protected-access
+  return sources_lib.config_value(data_cfg, key, default)
 
 
 # --------------------------------------------------------------------------

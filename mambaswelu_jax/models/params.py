@@ -1,5 +1,6 @@
-"""A model's parameters without allocating it: the abstract model, parameter counts and
-the weight-decay mask.
+"""Building a model from its config, and its parameters without allocating it: the
+abstract model, parameter counts, the weight-decay mask, and a Transformer sized to a
+Mamba model's count.
 
 `abstract_model(model_cfg)` is the one `nnx.eval_shape` build of a config: every
 array a `jax.ShapeDtypeStruct`, so the study model is sized and split (graph
@@ -9,9 +10,22 @@ definition, parameters, other variables) on a laptop in well under a second.
 import jax
 from flax import nnx
 
+from mambaswelu_jax.models.lm import MambaLM
+from mambaswelu_jax.models.transformer import TransformerLM, transformer_param_count
+
+ARCHITECTURES = {"mamba": MambaLM, "transformer": TransformerLM}
+
 # Parameters that AdamW decays: matrices and embedding tables. A_log, D, biases, norm
 # scales and SWELU scalars are left alone.
 _DECAYED = ("kernel", "embedding")
+
+
+def build_model(model_cfg, rngs: nnx.Rngs) -> MambaLM | TransformerLM:
+  """`model.architecture` (default "mamba") picks the model; both share one interface."""
+  arch = model_cfg.get("architecture", "mamba")
+  if arch not in ARCHITECTURES:
+    raise ValueError(f"model.architecture={arch!r}: choose one of {sorted(ARCHITECTURES)}.")
+  return ARCHITECTURES[arch](model_cfg, rngs=rngs)
 
 
 def abstract_model(model_cfg) -> nnx.Module:
@@ -20,8 +34,6 @@ def abstract_model(model_cfg) -> nnx.Module:
   `nnx.split(abstract_model(cfg), nnx.Param, ...)` gives the graph definition, the
   abstract parameters and the abstract non-parameter variables. The shapes do not
   depend on the seed, so none is taken."""
-  # Imported here: models/__init__.py (build_model) re-exports this module.
-  from mambaswelu_jax.models import build_model  # pylint: disable=import-outside-toplevel
   return nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
 
 
@@ -52,3 +64,44 @@ def weight_decay_mask(params):
   """Same structure as `params`: True where weight decay applies."""
   return jax.tree_util.tree_map_with_path(
       lambda path, _: _path_key(path) in _DECAYED, params)
+
+
+def match_mamba_size(mamba_cfg, *, n_heads: int | None = None, mlp: str = "gelu",
+                     learned_positions: bool = False, tolerance: float = 0.05):
+  """A Transformer model config with the Mamba config's width, vocabulary, norm and
+  dtypes, and its parameter count within `tolerance`.
+
+  Keeps d_model; tries n_layers = the Mamba depth, then more, and for each solves for
+  the MLP width that matches (rounded to a multiple of 8), accepting the first depth
+  whose MLP width lies in [d, 8 d]. Returns the config (a copy)."""
+  target = param_count(mamba_cfg)
+  cfg = mamba_cfg.copy_and_resolve_references()
+  d = cfg.d_model
+  cfg.architecture = "transformer"
+  cfg.mlp = mlp
+  cfg.learned_positions = learned_positions
+  if n_heads is None:
+    n_heads = max(1, d // 32) if d >= 64 else max(1, d // 16)
+  cfg.n_heads = n_heads
+  best = None
+  depth = max(1, mamba_cfg.n_layers)
+  for n_layers in list(range(depth, 8 * depth + 1)) + list(range(depth - 1, 0, -1)):
+    cfg.n_layers = n_layers
+    cfg.mlp_hidden = 8
+    base = transformer_param_count(cfg)
+    cfg.mlp_hidden = 16
+    per_unit = (transformer_param_count(cfg) - base) / 8
+    hidden = int(round((8 + (target - base) / per_unit) / 8)) * 8
+    if hidden < 8:
+      continue
+    cfg.mlp_hidden = hidden
+    err = abs(transformer_param_count(cfg) - target) / target
+    if d <= hidden <= 8 * d and err <= tolerance:
+      return cfg
+    if best is None or err < best[0]:
+      best = (err, n_layers, hidden)
+  if best is None or best[0] > tolerance:
+    raise ValueError(f"no Transformer of width {d} matches {target} parameters within "
+                     f"{tolerance:.0%}")
+  cfg.n_layers, cfg.mlp_hidden = best[1], best[2]
+  return cfg

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mambaswelu_jax.models.layers import TiedEmbeddingLM, make_norm
-from mambaswelu_jax.models.params import param_count
 
 ROPE_BASE = 10000.0
 
@@ -195,44 +194,3 @@ def transformer_param_count(cfg) -> int:
   block = 2 * norm + 4 * d * d + mlp
   pos = cfg.max_len * d if cfg.learned_positions else 0
   return v * d + pos + cfg.n_layers * block + norm
-
-
-def match_mamba_size(mamba_cfg, *, n_heads: int | None = None, mlp: str = "gelu",
-                     learned_positions: bool = False, tolerance: float = 0.05):
-  """A Transformer model config with the Mamba config's width, vocabulary, norm and
-  dtypes, and its parameter count within `tolerance`.
-
-  Keeps d_model; tries n_layers = the Mamba depth, then more, and for each solves for
-  the MLP width that matches (rounded to a multiple of 8), accepting the first depth
-  whose MLP width lies in [d, 8 d]. Returns the config (a copy)."""
-  target = param_count(mamba_cfg)
-  cfg = mamba_cfg.copy_and_resolve_references()
-  d = cfg.d_model
-  cfg.architecture = "transformer"
-  cfg.mlp = mlp
-  cfg.learned_positions = learned_positions
-  if n_heads is None:
-    n_heads = max(1, d // 32) if d >= 64 else max(1, d // 16)
-  cfg.n_heads = n_heads
-  best = None
-  depth = max(1, mamba_cfg.n_layers)
-  for n_layers in list(range(depth, 8 * depth + 1)) + list(range(depth - 1, 0, -1)):
-    cfg.n_layers = n_layers
-    cfg.mlp_hidden = 8
-    base = transformer_param_count(cfg)
-    cfg.mlp_hidden = 16
-    per_unit = (transformer_param_count(cfg) - base) / 8
-    hidden = int(round((8 + (target - base) / per_unit) / 8)) * 8
-    if hidden < 8:
-      continue
-    cfg.mlp_hidden = hidden
-    err = abs(transformer_param_count(cfg) - target) / target
-    if d <= hidden <= 8 * d and err <= tolerance:
-      return cfg
-    if best is None or err < best[0]:
-      best = (err, n_layers, hidden)
-  if best is None or best[0] > tolerance:
-    raise ValueError(f"no Transformer of width {d} matches {target} parameters within "
-                     f"{tolerance:.0%}")
-  cfg.n_layers, cfg.mlp_hidden = best[1], best[2]
-  return cfg
