@@ -53,6 +53,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from kernels.pallas_scan import INTERPRET_SCOPE
+from kernels.scan import fused_scan_vjp
 
 BLOCK_D = 64          # channels per program: the WGMMA layout's row tile
 STATE_ALIGN = 16      # the WGMMA layout tile (JAX 0.7 rejects 8 columns); 16-byte TMA rows
@@ -377,19 +378,8 @@ def _forward(st, u, delta, A, B, C, D, z, bias):
   return _call(_forward_kernel, st, out_type, scratch, u, delta, A, B, C, D, z, bias)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _scan(st, u, delta, A, B, C, D, z, bias):
-  y, _, h_last = _forward(st, u, delta, A, B, C, D, z, bias)
-  return y, h_last
-
-
-def _scan_fwd(st, u, delta, A, B, C, D, z, bias):
-  y, h_entry, h_last = _forward(st, u, delta, A, B, C, D, z, bias)
-  return (y, h_last), (u, delta, A, B, C, D, z, bias, h_entry)
-
-
-def _scan_bwd(st, res, cts):
-  u, delta, A, B, C, D, z, bias, h_entry = res
+def _backward(st, inputs, h_entry, cts):
+  u, delta, A, B, C, D, z, bias = inputs
   dy, dh_last = cts
   f32, T = jnp.float32, st.chunk
   bl = (st.batch, st.length_pad)
@@ -418,7 +408,7 @@ def _scan_bwd(st, res, cts):
           dbias.sum(0))
 
 
-_scan.defvjp(_scan_fwd, _scan_bwd)
+_scan = fused_scan_vjp(_forward, _backward)
 
 
 def mosaic_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,

@@ -35,7 +35,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from kernels.scan import compute_dtype
+from kernels.scan import compute_dtype, fused_scan_vjp
 
 DEFAULT_BLOCK_D = 32
 DEFAULT_NUM_WARPS = 4
@@ -277,19 +277,8 @@ def _forward(st, u, delta, A, B, C, D, z, bias):
   return _call(_forward_kernel, st, out_shape, u, delta, A, B, C, D, z, bias)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _scan(st, u, delta, A, B, C, D, z, bias):
-  y, _, h_last = _forward(st, u, delta, A, B, C, D, z, bias)
-  return y, h_last
-
-
-def _scan_fwd(st, u, delta, A, B, C, D, z, bias):
-  y, h_entry, h_last = _forward(st, u, delta, A, B, C, D, z, bias)
-  return (y, h_last), (u, delta, A, B, C, D, z, bias, h_entry)
-
-
-def _scan_bwd(st, res, cts):
-  u, delta, A, B, C, D, z, bias, h_entry = res
+def _backward(st, inputs, h_entry, cts):
+  u, delta, A, B, C, D, z, bias = inputs
   dy, dh_last = cts
   acc = st.acc
   bl = (st.batch, st.length)
@@ -313,7 +302,7 @@ def _scan_bwd(st, res, cts):
           cast(dbias.sum(0), bias, st.has_bias))
 
 
-_scan.defvjp(_scan_fwd, _scan_bwd)
+_scan = fused_scan_vjp(_forward, _backward)
 
 
 def pallas_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,

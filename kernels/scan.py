@@ -104,6 +104,30 @@ def _check_scan_args(u, delta, A, B, C, D, z, delta_bias):
   _check_array("delta_bias", delta_bias, (d,), allow_none=True)
 
 
+def fused_scan_vjp(forward: Callable, backward: Callable) -> Callable:
+  """The custom VJP of a fused kernel pair, as `scan(st, *inputs) -> (y, h_last)`.
+
+  `forward(st, *inputs)` -> (y, the state entering every chunk, the last state); only
+  the chunk-entry states are kept for `backward(st, inputs, h_entry, (dy, dh_last))`,
+  which returns the inputs' cotangents. `st` (the static settings) is not
+  differentiated."""
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+  def scan(st, *inputs):
+    y, _, h_last = forward(st, *inputs)
+    return y, h_last
+
+  def scan_fwd(st, *inputs):
+    y, h_entry, h_last = forward(st, *inputs)
+    return (y, h_last), (inputs, h_entry)
+
+  def scan_bwd(st, res, cts):
+    inputs, h_entry = res
+    return backward(st, inputs, h_entry, cts)
+
+  scan.defvjp(scan_fwd, scan_bwd)
+  return scan
+
+
 def compute_dtype(*arrays):
   """float64 when any input is float64 (x64 on), float32 otherwise."""
   if any(x is not None and x.dtype == jnp.float64 for x in arrays):
