@@ -72,6 +72,7 @@ def test_refused_before_step_one_then_the_suggestion_trains(tokenizer_path, tmp_
   assert "memory pre-flight: the train step needs" in log
 
 
+@pytest.mark.slow  # the switch is one `if`; the refusal test keeps the pre-flight itself in CI
 def test_memory_check_off_skips_it(tokenizer_path, tmp_path):
   config = tiny(tokenizer_path, train__memory_limit_bytes=1, train__memory_check=False)
   assert train.train_and_evaluate(config, str(tmp_path)).step == 4
@@ -84,6 +85,7 @@ def test_negative_limit_is_a_config_error():
     config_validation.resolve(config)
 
 
+@pytest.mark.slow  # compiles each model twice (~17 s each on 2 cores)
 @pytest.mark.parametrize("architecture", ["mamba", "transformer"])
 def test_remat_same_loss_and_grads_fewer_temporaries(architecture):
   config = deeper_model()
@@ -115,6 +117,7 @@ def test_remat_same_loss_and_grads_fewer_temporaries(architecture):
   assert temp1 < 0.8 * temp0, (temp0, temp1)
 
 
+@pytest.mark.slow  # compiles the train step twice (~29 s on 2 cores)
 def test_remat_train_step_fewer_temporaries():
   """memory_check.measure swaps in the remat graph; the compiled step keeps less."""
   config = config_validation.resolve(deeper_model())

@@ -272,6 +272,7 @@ def _env(devices):
   return env
 
 
+@pytest.mark.slow  # three runs (~48 s on 2 cores); the CUDA lowering test keeps a 2-device step in CI
 def test_one_two_four_devices_same_losses(straight, tokenizer_path, tmp_path):
   """Global batch 8 as 1x(2x4 accumulation) (this process), 2x(2x2) and 4x(2x1) (a
   subprocess with 4 CPU devices): the same trajectory."""
