@@ -41,6 +41,7 @@ import numpy as np
 
 from mambaswelu_jax.data import sources as sources_lib
 from mambaswelu_jax.data.sources import DataError
+from mambaswelu_jax.workdir import atomic_write
 
 INDEX = "index.json"
 
@@ -50,12 +51,7 @@ def tokenizer_digest(tokenizer) -> str:
 
 
 def _write_index(directory: str, index: dict) -> None:
-  tmp = os.path.join(directory, INDEX + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(index, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, os.path.join(directory, INDEX))
+  atomic_write(os.path.join(directory, INDEX), json.dumps(index, indent=1))
 
 
 def _batched(iterable: Iterable, n: int):

@@ -36,13 +36,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from mambaswelu_jax.workdir import atomic_write
 
 SPACE_MARK = "\u2581"
 _LINE_CHUNK = 4096  # characters; SentencePiece skips longer training sentences
@@ -115,7 +115,8 @@ class Tokenizer:
     return int(self.token_bytes[np.asarray(ids, np.int64)].sum())
 
   def save(self, path: str) -> None:
-    _atomic_write(path, self._proto)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, self._proto)
 
 
 _PROBE = " two  spaces\ttab\r\nline\x00 \u2581 e\u0301 中文 😀 end "
@@ -139,15 +140,6 @@ def load_tokenizer(path: str, require_lossless: bool = True) -> Tokenizer:
           f"byte_fallback, identity normalisation, no dummy prefix, whitespace "
           f"kept); train one with python -m mambaswelu_jax.data.tokenizer")
   return tokenizer
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_tokenizer")
-  with os.fdopen(fd, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
 
 
 def training_lines(texts: Iterable[str], sample_bytes: int) -> Iterator[str]:
@@ -209,7 +201,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, output_path: str, *,
           "sample_lines": stats["lines"], "sample_bytes": stats["bytes"],
           "train_seconds": round(time.time() - start, 2),
           **(description or {})}
-  _atomic_write(output_path + ".json", json.dumps(meta, indent=2).encode())
+  atomic_write(output_path + ".json", json.dumps(meta, indent=2))
   return tokenizer
 
 
@@ -254,8 +246,8 @@ def prepare_tokenizer(data_cfg, workdir: str, source=None) -> str:
           f"tokenizer_path empty to train one from the run's source.")
     load_tokenizer(given)  # fail now on a corrupt file, not mid-run
     os.makedirs(workdir, exist_ok=True)
-    shutil.copyfile(given, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    with open(given, "rb") as f:
+      atomic_write(path, f.read())
     return path
   if data_cfg.get("pretokenized_dir", ""):
     raise sources_lib.DataError(
