@@ -23,7 +23,8 @@ flags.mark_flags_as_required(["config"])
 def benchmark(config, steps: int) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax import config_validation, metrics, steps  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import config_validation, metrics  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.steps import create_train_state, make_train_step  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.mesh import make_mesh, to_global  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.models.flops import flops_per_token  # pylint: disable=import-outside-toplevel
   devices = jax.devices()
@@ -31,8 +32,8 @@ def benchmark(config, steps: int) -> dict:
                                      process_count=jax.process_count())
   accum = config_validation.check_batch(config, len(devices), jax.process_count())
   mesh = make_mesh(devices)
-  parts, state, rest = steps.create_train_state(config, mesh)
-  step_fn = steps.make_train_step(mesh, parts, accum)
+  parts, state, rest = create_train_state(config, mesh)
+  step_fn = make_train_step(mesh, parts, accum)
   rows = int(config.train.global_batch_size) // jax.process_count()
   seq_len = int(config.data.seq_len)
   rng = np.random.default_rng(0)
@@ -42,22 +43,23 @@ def benchmark(config, steps: int) -> dict:
   state, m = step_fn(state, batch, rest)
   jax.block_until_ready(m)
   compile_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, m = step_fn(state, batch, rest)
-  jax.block_until_ready(m)
-  step_s = (time.perf_counter() - t0) / steps
-  tps = int(config.train.global_batch_size) * seq_len / step_s
   flops = flops_per_token(config.model, int(config.data.seq_len))["training"]
   peak, source = metrics.peak_tflops(devices[0], jax.local_device_count(),
                                      config.train.peak_tflops_per_device)
-  tflops = tps * flops / len(devices) / 1e12
+  meter = metrics.ThroughputMeter(int(config.train.global_batch_size) * seq_len, flops,
+                                  len(devices), peak)
+  for _ in range(steps):
+    state, m = step_fn(state, batch, rest)
+    meter.count_step()
+  jax.block_until_ready(m)
+  timed = meter.scalars(steps)
   return {"parameters": parts.num_params, "devices": len(devices),
           "device_kind": devices[0].device_kind, "seq_len": seq_len,
           "global_batch": int(config.train.global_batch_size), "accumulation": accum,
           "compute_dtype": config.model.compute_dtype, "first_step_s": compile_s,
-          "step_s": step_s, "tokens_per_second": tps, "tflops_per_device": tflops,
-          "peak_tflops_per_device": peak, "peak_from": source, "mfu": tflops / peak,
+          "step_s": timed["step_time"], "tokens_per_second": timed["tokens_per_second"],
+          "tflops_per_device": timed["tflops_per_device"], "peak_tflops_per_device": peak,
+          "peak_from": source, "mfu": timed["mfu"],
           "loss": float(m["train_loss"])}
 
 

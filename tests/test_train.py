@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -328,10 +329,19 @@ def test_two_processes_equal_one(tokenizer_path, tmp_path):
       if n.endswith(".json")) == ["process_0-of-2.json", "process_1-of-2.json"]
 
 
+def wait_for_metrics(workdir, records: int, timeout: float = 300) -> None:
+  """Until a running trainer's metrics.jsonl holds `records` step records (or timeout)."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path) and len(read_jsonl(path)) >= records:
+      return
+    time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_cli_sigterm_exit_status(tokenizer_path, tmp_path):
   """`main` on SIGTERM: a checkpoint of the current step, exit status 143, then resume."""
-  import time
   workdir = tmp_path / "w"
   args = [sys.executable, "-m", "mambaswelu_jax.main", "--config=configs/demo.py:tiny",
           f"--workdir={workdir}", f"--config.data.tokenizer_path={tokenizer_path}",
@@ -339,11 +349,7 @@ def test_cli_sigterm_exit_status(tokenizer_path, tmp_path):
           "--config.eval.every_steps=0", "--config.eval.sample_tokens=0"]
   proc = subprocess.Popen(args, cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 300
-  while time.time() < deadline:
-    if (workdir / "metrics.jsonl").exists() and len(read_jsonl(str(workdir / "metrics.jsonl"))) >= 3:
-      break
-    time.sleep(0.5)
+  wait_for_metrics(workdir, 3)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == train.PREEMPTED_EXIT_CODE, err[-3000:]
@@ -397,3 +403,14 @@ def test_run_config_smoke_trains(tmp_path):
   assert result.step == 20 and result.final_metrics["validation_loss"] < np.log(4096)
   assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["10", "20"]
   assert sorted(os.listdir(tmp_path / "w" / "snapshots")) == ["10", "20"]
+
+
+def test_bench_train_times_the_trainers_step():
+  """`python -m mambaswelu_jax.bench_train`'s measurement runs (the trainer's own step on
+  synthetic tokens) and its figures agree with each other."""
+  from mambaswelu_jax import bench_train  # pylint: disable=import-outside-toplevel
+  config = demo.get_config("tiny")
+  r = bench_train.benchmark(config, 2)
+  assert r["parameters"] > 0 and r["accumulation"] == 4 and np.isfinite(r["loss"])
+  assert r["tokens_per_second"] == pytest.approx(8 * 32 / r["step_s"])
+  assert r["mfu"] == pytest.approx(r["tflops_per_device"] / r["peak_tflops_per_device"])
