@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -21,7 +20,7 @@ from mambaswelu_jax import checkpointing, train
 from mambaswelu_jax import workdir as layout
 from mambaswelu_jax.data.sources import DataError
 from mambaswelu_jax.metrics import read_jsonl
-from tests.test_train import NUM_STEPS, ROOT, params_of, tiny
+from tests.test_train import NUM_STEPS, ROOT, params_of, tiny, wait_for_metrics
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -197,11 +196,7 @@ def test_ctrl_c_saves_stops_and_resumes_exactly(straight, tokenizer_path, tmp_pa
           f"--config.data.tokenizer_path={tokenizer_path}", "--config.train.log_every_steps=1"]
   proc = subprocess.Popen([sys.executable, "-m", "mambaswelu_jax.main", *args], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 300
-  while time.time() < deadline:
-    if (workdir / "metrics.jsonl").exists() and len(read_jsonl(str(workdir / "metrics.jsonl"))) >= 2:
-      break
-    time.sleep(0.2)
+  wait_for_metrics(workdir, 2)
   proc.send_signal(signal.SIGINT)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 130, err[-3000:]
