@@ -196,24 +196,23 @@ def _bcast_col(x, shape):
   return lax.broadcast_in_dim(x, shape, [1])
 
 
-def _constants(st, lay, A_ref, D_ref, bias_ref, A_s, v_s, bars, cols):
+def _program_setup(st, interpreted, A_ref, D_ref, bias_ref, A_s, v_s, bars):
+  """What both kernels start with: the layouts, this program's (batch row, channel block,
+  its columns) and the block's constants A (tile), D and the dt bias (rows)."""
+  lay = _Layouts(interpreted)
+  b, j = _program(st)
+  cols = pl.ds(j * BLOCK_D, BLOCK_D)
   _copy_in([(A_ref.at[cols, :], A_s), (D_ref.at[cols], v_s.at[0]),
             (bias_ref.at[cols], v_s.at[1])], bars)
-  A = lay.load_tile(A_s)
-  Dv = lay.row(v_s[0])
-  bias = lay.row(v_s[1])
-  return A, Dv, bias
+  return lay, b, j, cols, (lay.load_tile(A_s), lay.row(v_s[0]), lay.row(v_s[1]))
 
 
 def _forward_kernel(u_ref, delta_ref, A_ref, B_ref, C_ref, D_ref, z_ref, bias_ref,
                     y_ref, h_entry_ref, h_last_ref,
                     u_s, d_s, z_s, B_s, C_s, y_s, A_s, v_s, h_s, bars, *, st, interpreted):
-  lay = _Layouts(interpreted)
-  f32 = jnp.float32
-  b, j = _program(st)
-  cols = pl.ds(j * BLOCK_D, BLOCK_D)
-  A, Dv, bias = _constants(st, lay, A_ref, D_ref, bias_ref, A_s, v_s, bars, cols)
-  tile = (BLOCK_D, st.state_pad)
+  lay, b, j, cols, (A, Dv, bias) = _program_setup(st, interpreted, A_ref, D_ref, bias_ref,
+                                                  A_s, v_s, bars)
+  f32, tile = jnp.float32, (BLOCK_D, st.state_pad)
 
   def chunk(c, h):
     rows = pl.ds(c * st.chunk, st.chunk)
@@ -255,12 +254,9 @@ def _backward_kernel(u_ref, delta_ref, A_ref, B_ref, C_ref, D_ref, z_ref, bias_r
                      du_ref, ddelta_ref, dz_ref, dB_ref, dC_ref, dA_ref, dD_ref, dbias_ref,
                      u_s, d_s, z_s, dy_s, B_s, C_s, hs, du_s, dd_s, dz_s, dB_s, dC_s,
                      A_s, v_s, bars, *, st, interpreted):
-  lay = _Layouts(interpreted)
-  f32 = jnp.float32
-  b, j = _program(st)
-  cols = pl.ds(j * BLOCK_D, BLOCK_D)
-  A, Dv, bias = _constants(st, lay, A_ref, D_ref, bias_ref, A_s, v_s, bars, cols)
-  tile = (BLOCK_D, st.state_pad)
+  lay, b, j, cols, (A, Dv, bias) = _program_setup(st, interpreted, A_ref, D_ref, bias_ref,
+                                                  A_s, v_s, bars)
+  f32, tile = jnp.float32, (BLOCK_D, st.state_pad)
 
   def chunk(ci, carry):
     c = st.num_chunks - 1 - ci
@@ -446,12 +442,6 @@ def mosaic_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
           pad(z, bld) if z is not None else jnp.zeros((1, 1, 1), u.dtype),
           pad((jnp.zeros((d,), f32) if delta_bias is None else delta_bias.astype(f32)),
               (dp,)))
-  y, h_last = _scan_padded(st, args, (u, delta, A, B, C, D, z, delta_bias))
-  return y, h_last
-
-
-def _scan_padded(st, args, originals):
-  """The kernel on padded arrays, sliced back; gradients flow to the originals."""
+  # The kernel on padded arrays, sliced back (gradients flow through the padding).
   y, h_last = _scan(st, *args)
-  b, l, d, n = st.batch, st.length, st.channels, st.state
-  return y[:, :l, :d], h_last[:, :d, :n]
+  return y[:, :st.length, :st.channels], h_last[:, :st.channels, :st.state]
