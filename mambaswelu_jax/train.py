@@ -94,11 +94,15 @@ class _WorkdirStart:
 @dataclasses.dataclass
 class TrainResult:
   step: int                      # optimizer steps completed
-  preempted: bool                # stopped by a signal (a checkpoint of `step` was saved)
   final_metrics: dict            # last validation metrics ({} when none ran)
   state: Any = None              # the final train state (for tests and notebooks)
   summary: str = ""              # a few lines for the console
   stop_signal: int = 0           # the signal that stopped the run (SIGTERM, SIGINT) or 0
+
+  @property
+  def preempted(self) -> bool:
+    """Stopped by a signal (a checkpoint of `step` was saved)."""
+    return bool(self.stop_signal)
 
 
 def due(step: int, every: int, last: int) -> bool:
@@ -274,7 +278,7 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart) -> T
   log.info("done at step %d in %s", step, _fmt_time(elapsed))
   summary = _summary(workdir, step, num_steps, elapsed, stop_signal, first_loss, final_eval,
                      config, ec.sample_prompt, sample)
-  return TrainResult(step=step, preempted=bool(stop_signal), final_metrics=final_eval,
+  return TrainResult(step=step, final_metrics=final_eval,
                      state=state, summary=summary, stop_signal=int(stop_signal))
 
 
