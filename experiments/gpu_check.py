@@ -51,7 +51,6 @@ SMOKE_SHAPES = [(1, 19, 12, 4), (2, 33, 40, 16), (1, 64, 64, 16)]
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # max |kernel - xla| / max |xla| per output; bf16 outputs are rounded to 8 bits.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}
-TRAIN_MICRO_BATCHES = (8, 4)
 PROFILE_STEPS = 3
 
 
@@ -230,6 +229,40 @@ def time_scans(shape, dtypes, repeats, copy_Bps):
         k["forward_backward_speedup_over_xla"] = (xla["forward_backward_s"]
                                                   / k["forward_backward_s"])
   return out
+
+
+def sweep_triton(shape, repeats, copy_Bps):
+  """The Triton kernel's settings side by side at `shape` (float32): step loop unrolled
+  or not, channels per program, warps."""
+  from kernels.pallas_scan import pallas_selective_scan  # pylint: disable=import-outside-toplevel
+  x = scan_inputs(shape)
+  dy, dh = cotangents(x)
+  floors = floor_bytes(shape, 4)
+  rows = []
+  for unroll, block_d, num_warps in [(False, 32, 4), (True, 32, 4), (True, 16, 4),
+                                     (True, 64, 4), (True, 32, 2), (True, 16, 1)]:
+    def run(x, unroll=unroll, block_d=block_d, num_warps=num_warps):
+      return pallas_selective_scan(
+          x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"],
+          True, kscan.DEFAULT_CHUNK_SIZE, block_d=block_d, num_warps=num_warps,
+          unroll=unroll)
+
+    def fb(x, dy, dh, run=run):
+      (y, h), vjp = jax.vjp(run, x)
+      return y, h, vjp((dy, dh))[0]
+
+    row = {"unroll": unroll, "block_d": block_d, "num_warps": num_warps}
+    try:
+      row["forward_s"] = median_time(jax.jit(run), x, repeats=repeats)
+      row["forward_backward_s"] = median_time(jax.jit(fb), x, dy, dh, repeats=repeats)
+      row["forward_x_floor"] = row["forward_s"] / (floors["forward"] / copy_Bps)
+      row["forward_backward_x_floor"] = (row["forward_backward_s"]
+                                         / (floors["forward_backward"] / copy_Bps))
+    except Exception as e:  # pylint: disable=broad-except
+      row["error"] = f"{type(e).__name__}: {str(e)[:500]}"
+    print(f"sweep triton {row}", flush=True)
+    rows.append(row)
+  return rows
 
 
 # ----------------------------------------------------------------------------------
@@ -415,7 +448,9 @@ def main():
                  help="stop starting new sections after this many seconds")
   p.add_argument("--repeats", type=int, default=20)
   p.add_argument("--train_steps", type=int, default=10)
-  p.add_argument("--sections", default="correctness,timing,train")
+  p.add_argument("--sections", default="correctness,timing,sweep,train")
+  p.add_argument("--train_impls", default="pallas_triton,pallas_mosaic,xla")
+  p.add_argument("--train_micro_batches", default="8,4")
   p.add_argument("--train_worker", default="", help=argparse.SUPPRESS)
   p.add_argument("--micro_batch", type=int, default=8, help=argparse.SUPPRESS)
   p.add_argument("--trace_dir", default="", help=argparse.SUPPRESS)
@@ -449,18 +484,26 @@ def main():
     report["copy_GBps"] = copy_Bps / 1e9
     report["timing"] = time_scans(shapes[-1], DTYPES, repeats, copy_Bps)
     save()
+  if "sweep" in sections and left() > 60:
+    copy_Bps = report.get("copy_GBps", 0) * 1e9 or copy_bandwidth(
+        (16 if args.smoke else 2048) * 2 ** 20, 5)
+    report["sweep_triton"] = sweep_triton(shapes[-1], 2 if args.smoke else args.repeats,
+                                          copy_Bps)
+    save()
   if "train" in sections:
     report["train"] = []
     # Off a GPU the Mosaic kernel runs in its (slow) interpreter: left out of the smoke.
     impls = [i for i in (*kernel_impls(), "xla")
              if jax.default_backend() == "gpu" or i != "pallas_mosaic"]
-    for micro in TRAIN_MICRO_BATCHES:
+    micro_batches = [int(m) for m in args.train_micro_batches.split(",")]
+    impls = [i for i in impls if i in args.train_impls.split(",")]
+    for micro in micro_batches:
       for impl in impls:
         if left() < 30:
           report["train"].append({"impl": impl, "micro_batch": micro,
                                   "error": "skipped: --budget_s spent"})
           continue
-        trace_dir = tempfile.mkdtemp(prefix=f"trace_{impl}_") if micro == TRAIN_MICRO_BATCHES[0] else None
+        trace_dir = tempfile.mkdtemp(prefix=f"trace_{impl}_") if micro == micro_batches[0] else None
         r = train_in_subprocess(impl, micro, args, min(left(), 240), trace_dir)
         if r.get("profile_path"):
           dest = os.path.join(args.out_dir, f"trace_{impl}.xplane.pb")

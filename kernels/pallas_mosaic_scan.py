@@ -70,6 +70,7 @@ try:
 except ImportError:  # pragma: no cover
   InterpretGPUParams = None
 _KERNEL_PARAMS = inspect.signature(plgpu.kernel).parameters
+_COMPILER_PARAMS = {f.name for f in dataclasses.fields(plgpu.CompilerParams)}
 # False on JAX < 0.10: the kernel still lowers for CUDA, but cannot run off a GPU.
 HAS_INTERPRETER = InterpretGPUParams is not None and "interpret" in _KERNEL_PARAMS
 
@@ -77,6 +78,11 @@ HAS_INTERPRETER = InterpretGPUParams is not None and "interpret" in _KERNEL_PARA
 def _kernel(body, out_type, scratch, grid, interpret):
   """plgpu.kernel across JAX versions (out_type/scratch_types since 0.10)."""
   kw = dict(grid=grid, grid_names=("batch", "block"))
+  if "lowering_semantics" in _COMPILER_PARAMS:
+    # Written for per-lane semantics (scalars broadcast implicitly), the default before
+    # JAX 0.11; from 0.11 the default is warpgroup semantics, which rejects it.
+    kw["compiler_params"] = plgpu.CompilerParams(
+        lowering_semantics=plgpu.LoweringSemantics.Lane)
   if "out_type" in _KERNEL_PARAMS:
     kw.update(out_type=out_type, scratch_types=scratch)
   else:
