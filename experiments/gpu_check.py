@@ -231,27 +231,25 @@ def time_scans(shape, dtypes, repeats, copy_Bps):
   return out
 
 
-def sweep_triton(shape, repeats, copy_Bps):
-  """The Triton kernel's settings side by side at `shape` (float32): step loop unrolled
-  or not, channels per program, warps."""
+def sweep_triton(shape, repeats, copy_Bps, variants):
+  """The Triton kernel's launch settings side by side at `shape` (float32): channels
+  per program and warps per program."""
   from kernels.pallas_scan import pallas_selective_scan  # pylint: disable=import-outside-toplevel
   x = scan_inputs(shape)
   dy, dh = cotangents(x)
   floors = floor_bytes(shape, 4)
   rows = []
-  for unroll, block_d, num_warps in [(False, 32, 4), (True, 32, 4), (True, 16, 4),
-                                     (True, 64, 4), (True, 32, 2), (True, 16, 1)]:
-    def run(x, unroll=unroll, block_d=block_d, num_warps=num_warps):
+  for block_d, num_warps in variants:
+    def run(x, block_d=block_d, num_warps=num_warps):
       return pallas_selective_scan(
           x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"],
-          True, kscan.DEFAULT_CHUNK_SIZE, block_d=block_d, num_warps=num_warps,
-          unroll=unroll)
+          True, kscan.DEFAULT_CHUNK_SIZE, block_d=block_d, num_warps=num_warps)
 
     def fb(x, dy, dh, run=run):
       (y, h), vjp = jax.vjp(run, x)
       return y, h, vjp((dy, dh))[0]
 
-    row = {"unroll": unroll, "block_d": block_d, "num_warps": num_warps}
+    row = {"block_d": block_d, "num_warps": num_warps}
     try:
       row["forward_s"] = median_time(jax.jit(run), x, repeats=repeats)
       row["forward_backward_s"] = median_time(jax.jit(fb), x, dy, dh, repeats=repeats)
@@ -449,6 +447,9 @@ def main():
   p.add_argument("--repeats", type=int, default=20)
   p.add_argument("--train_steps", type=int, default=10)
   p.add_argument("--sections", default="correctness,timing,sweep,train")
+  p.add_argument("--dtypes", default="float32,bfloat16")
+  p.add_argument("--sweep_variants", default="16:4,64:4,32:2",
+                 help="Triton settings to time beside the default: block_d:num_warps,...")
   p.add_argument("--train_impls", default="pallas_triton,pallas_mosaic,xla")
   p.add_argument("--train_micro_batches", default="8,4")
   p.add_argument("--train_worker", default="", help=argparse.SUPPRESS)
@@ -475,20 +476,21 @@ def main():
   save()
   shapes = SMOKE_SHAPES if args.smoke else SHAPES
   if "correctness" in sections:
-    report["correctness"] = check_correctness(shapes, DTYPES)
+    report["correctness"] = check_correctness(shapes, args.dtypes.split(","))
     save()
   if "timing" in sections and left() > 60:
     repeats = 2 if args.smoke else args.repeats
     report["timing_shape"] = list(shapes[-1])
     copy_Bps = copy_bandwidth((16 if args.smoke else 2048) * 2 ** 20, repeats)
     report["copy_GBps"] = copy_Bps / 1e9
-    report["timing"] = time_scans(shapes[-1], DTYPES, repeats, copy_Bps)
+    report["timing"] = time_scans(shapes[-1], args.dtypes.split(","), repeats, copy_Bps)
     save()
   if "sweep" in sections and left() > 60:
     copy_Bps = report.get("copy_GBps", 0) * 1e9 or copy_bandwidth(
         (16 if args.smoke else 2048) * 2 ** 20, 5)
+    variants = [tuple(int(x) for x in v.split(":")) for v in args.sweep_variants.split(",")]
     report["sweep_triton"] = sweep_triton(shapes[-1], 2 if args.smoke else args.repeats,
-                                          copy_Bps)
+                                          copy_Bps, variants)
     save()
   if "train" in sections:
     report["train"] = []

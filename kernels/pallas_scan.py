@@ -58,7 +58,6 @@ class _Static:
   num_warps: int
   reverse_programs: bool  # tests only: run the grid's programs in the opposite order
   acc_dtype: str          # float32, or float64 when an input is
-  unroll: bool            # the steps of a chunk unrolled (their loads issued together)
 
   @property
   def acc(self):
@@ -79,17 +78,6 @@ class _Static:
   @property
   def grid(self):
     return (self.batch, self.num_blocks)
-
-
-def _steps(st, body, carry):
-  """body(s, carry) for s in 0..chunk-1. Unrolled, the loads of all the chunk's steps
-  (independent of the state) can be issued before the first step's arithmetic instead
-  of one memory latency per step."""
-  if st.unroll:
-    for s in range(st.chunk):
-      carry = body(s, carry)
-    return carry
-  return lax.fori_loop(0, st.chunk, body, carry)
 
 
 def _program(st):
@@ -166,7 +154,7 @@ def _forward_kernel(*refs, st, acc):
       pltriton.store(y_ref.at[b, tt, cols], y.astype(y_ref.dtype), mask=dmask & valid)
       return h
 
-    return _steps(st, step, h)
+    return lax.fori_loop(0, st.chunk, step, h)
 
   h = lax.fori_loop(0, st.num_chunks, chunk,
                     jnp.zeros((st.block_d, st.state_pad), acc))
@@ -195,7 +183,7 @@ def _backward_kernel(*refs, st, acc):
       pltriton.store(scratch_ref.at[(b, j, s) + tile], h)
       return h
 
-    _steps(st, recompute, h0)
+    lax.fori_loop(0, st.chunk, recompute, h0)
 
     def step(si, carry):
       g_after, dA_acc, dD_acc, dbias_acc = carry  # g_after = a_{t+1} · dL/dh_{t+1}
@@ -241,7 +229,7 @@ def _backward_kernel(*refs, st, acc):
                      mask=nmask & valid)
       return a * g, dA_acc, dD_acc, dbias_acc
 
-    return _steps(st, step, carry)
+    return lax.fori_loop(0, st.chunk, step, carry)
 
   zeros_d = jnp.zeros((st.block_d,), acc)
   g_last = _load(dh_last_ref, (b, cols[:, None], rows[None, :]), m2, acc)
@@ -319,8 +307,7 @@ _scan = fused_scan_vjp(_forward, _backward)
 
 def pallas_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                           delta_softplus=False, chunk_size=64, *, block_d=None,
-                          num_warps=None, interpret=None, reverse_programs=False,
-                          unroll=True):
+                          num_warps=None, interpret=None, reverse_programs=False):
   """(y in u's dtype, last state) for checked, channels-last inputs.
 
   `interpret=None` (default) decides by the lowering platform: the Triton kernel when
@@ -336,7 +323,7 @@ def pallas_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                block_d=block_d, has_D=D is not None, has_z=z is not None,
                has_bias=delta_bias is not None, softplus=bool(delta_softplus),
                interpret=interpret, num_warps=num_warps or DEFAULT_NUM_WARPS,
-               reverse_programs=reverse_programs, unroll=bool(unroll),
+               reverse_programs=reverse_programs,
                acc_dtype=jnp.dtype(compute_dtype(u, delta, A, B, C, D, z, delta_bias)).name)
   # Absent inputs become small placeholders the kernels never read.
   placeholder = jnp.zeros((1,), u.dtype)
