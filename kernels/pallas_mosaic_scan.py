@@ -53,8 +53,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from kernels.pallas_scan import INTERPRET_SCOPE
-from kernels.scan import fused_scan_vjp
+from kernels.fused import INTERPRET_SCOPE, fused_scan_vjp
 
 BLOCK_D = 64          # channels per program: the WGMMA layout's row tile
 STATE_ALIGN = 16      # the WGMMA layout tile (JAX 0.7 rejects 8 columns); 16-byte TMA rows

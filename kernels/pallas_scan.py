@@ -35,7 +35,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from kernels.scan import compute_dtype, fused_scan_vjp
+from kernels.fused import by_platform, compute_dtype, fused_scan_vjp
 
 DEFAULT_BLOCK_D = 32
 DEFAULT_NUM_WARPS = 4
@@ -239,22 +239,6 @@ def _backward_kernel(*refs, st, acc):
   pltriton.store(dA_ref.at[b, cols[:, None], rows[None, :]], dA_acc, mask=m2)
   pltriton.store(dD_ref.at[b, cols], dD_acc, mask=dmask)
   pltriton.store(dbias_ref.at[b, cols], dbias_acc, mask=dmask)
-
-
-# Ops of an interpreted kernel carry this name scope: the CUDA lowering test checks that
-# none is left in a CUDA export (and that a CPU lowering has them).
-INTERPRET_SCOPE = "pallas_interpret"
-
-
-def by_platform(call):
-  """`call(interpret)` staged for every platform: the compiled kernel when lowered for
-  CUDA, interpret mode elsewhere (only the chosen branch is lowered)."""
-
-  def interpreted():
-    with jax.named_scope(INTERPRET_SCOPE):
-      return call(True)
-
-  return lax.platform_dependent(cuda=lambda: call(False), default=interpreted)
 
 
 def _call(kernel, st, out_shape, *args):

@@ -32,19 +32,29 @@ suite (tests/test_cuda_lowering.py). When no such kernel imports in this JAX bui
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas", "pallas_triton", "pallas_mosaic")
+from kernels.fused import compute_dtype
+
 # On a 2-core CPU, 16 was fastest of 8/16/32/64/128 (experiments/bench_scan.py).
 DEFAULT_CHUNK_SIZE = 16
 
+# The fused kernels: name -> (module, function). Each module imports only its own Pallas
+# backend, so a JAX without one (JAX is retiring Triton) still offers the other.
+FUSED_KERNELS = {
+    "pallas_triton": ("kernels.pallas_scan", "pallas_selective_scan"),
+    "pallas_mosaic": ("kernels.pallas_mosaic_scan", "mosaic_selective_scan"),
+}
 # Names that mean another implementation.
 ALIASES = {"pallas": "pallas_triton"}
+# Every name `impl` (and model.scan_impl) accepts.
+IMPLEMENTATIONS = ("auto", "reference", "xla", *ALIASES, *FUSED_KERNELS)
 # The fused kernels `auto` may pick on CUDA, in order of preference. Only kernels that
 # pass the float64-reference tests in interpret mode and lower for CUDA in
 # tests/test_cuda_lowering.py belong here. Mosaic GPU first: on an H200 (2026-12-04,
@@ -57,8 +67,8 @@ _NEEDS_SM90 = ("pallas_mosaic",)
 # Kernels that compute in float32 only (float64 inputs go to xla under `auto`).
 _FLOAT32_ONLY = ("pallas_mosaic",)
 
-# Set by kernels/__init__.py for each fused kernel whose module imports in this build:
-# name -> function(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size).
+# The fused kernels whose module imports in this build: name -> function(u, delta, A, B,
+# C, D, z, delta_bias, delta_softplus, chunk_size); filled at the end of this module.
 _KERNELS: dict = {}
 # Why a kernel did not import (name -> message), for the warning of `auto`.
 _KERNEL_IMPORT_ERRORS: dict = {}
@@ -102,37 +112,6 @@ def _check_scan_args(u, delta, A, B, C, D, z, delta_bias):
   _check_array("D", D, (d,), allow_none=True)
   _check_array("z", z, (b, l, d), allow_none=True)
   _check_array("delta_bias", delta_bias, (d,), allow_none=True)
-
-
-def fused_scan_vjp(forward: Callable, backward: Callable) -> Callable:
-  """The custom VJP of a fused kernel pair, as `scan(st, *inputs) -> (y, h_last)`.
-
-  `forward(st, *inputs)` -> (y, the state entering every chunk, the last state); only
-  the chunk-entry states are kept for `backward(st, inputs, h_entry, (dy, dh_last))`,
-  which returns the inputs' cotangents. `st` (the static settings) is not
-  differentiated."""
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-  def scan(st, *inputs):
-    y, _, h_last = forward(st, *inputs)
-    return y, h_last
-
-  def scan_fwd(st, *inputs):
-    y, h_entry, h_last = forward(st, *inputs)
-    return (y, h_last), (inputs, h_entry)
-
-  def scan_bwd(st, res, cts):
-    inputs, h_entry = res
-    return backward(st, inputs, h_entry, cts)
-
-  scan.defvjp(scan_fwd, scan_bwd)
-  return scan
-
-
-def compute_dtype(*arrays):
-  """float64 when any input is float64 (x64 on), float32 otherwise."""
-  if any(x is not None and x.dtype == jnp.float64 for x in arrays):
-    return jnp.float64
-  return jnp.float32
 
 
 # ----------------------------------------------------------------------------------
@@ -444,3 +423,14 @@ def selective_state_update(state, u, delta, A, B, C, D=None, z=None, delta_bias=
                + (dt * u.astype(dtype))[..., None] * B[:, None, :])
   y = jnp.einsum("bdn,bn->bd", new_state, C)
   return _finish(y, u, D, z, dtype), new_state
+
+
+def _import_kernels():
+  for name, (module, function) in FUSED_KERNELS.items():
+    try:
+      _KERNELS[name] = getattr(importlib.import_module(module), function)
+    except ImportError as e:
+      _KERNEL_IMPORT_ERRORS[name] = f"{type(e).__name__}: {e}"
+
+
+_import_kernels()

@@ -16,6 +16,7 @@ from typing import Any
 
 import ml_collections
 
+from kernels import scan as kscan
 from mambaswelu_jax import config_defaults
 
 
@@ -48,7 +49,7 @@ RESUMABLE_CHANGES = (
 _CHOICES = {
     "model.compute_dtype": ("bfloat16", "float32", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
-    "model.scan_impl": ("auto", "xla", "reference", "pallas", "pallas_triton", "pallas_mosaic"),
+    "model.scan_impl": kscan.IMPLEMENTATIONS,
     "model.activation": ("swelu", "silu"),
     "model.mixer": ("selective", "gated_conv"),
     "model.norm": ("layernorm", "rmsnorm"),

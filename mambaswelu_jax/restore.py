@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from kernels import scan as kscan
 from mambaswelu_jax import checkpointing
 from mambaswelu_jax import workdir as layout
 from mambaswelu_jax.mesh import make_mesh, replicated
@@ -177,8 +178,9 @@ def load_run(workdir: str, step: str | int = "latest", devices: Sequence | None 
     raise RunError("load_run restores one step; use resolve_steps for --step=all")
   (step_n,) = resolve_steps(workdir, step)
   kinds = available_steps(workdir)[step_n]
-  if config.model.get("scan_impl") == "pallas" and jax.default_backend() != "gpu":
-    # A run trained with the GPU kernel, read elsewhere: the same function via XLA.
+  fused = {*kscan.FUSED_KERNELS, *kscan.ALIASES}
+  if config.model.scan_impl in fused and jax.default_backend() != "gpu":
+    # A run trained with a GPU kernel, read elsewhere: the same function via XLA.
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.scan_impl = "auto"
 

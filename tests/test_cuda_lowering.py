@@ -30,7 +30,7 @@ from jax import export as jax_export  # jax < 0.8 has no `jax.export` attribute
 
 import kernels
 from kernels import scan as kscan
-from kernels.pallas_scan import INTERPRET_SCOPE
+from kernels.fused import INTERPRET_SCOPE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -184,14 +184,6 @@ def only_kernels(monkeypatch):
   kscan.auto_kernel.cache_clear()
 
 
-@pytest.mark.skipif("pallas_mosaic" not in FUSED, reason="no Mosaic GPU kernel here")
-def test_auto_survives_the_removal_of_triton(only_kernels):
-  only_kernels("pallas_mosaic")
-  assert kscan.auto_kernel() == "pallas_mosaic"
-  calls = custom_calls(export_text(scan_fn("auto", True), shapes_of(*SHAPES[0], jnp.float32)))
-  assert calls == {("mosaic_gpu_v2", "3 outputs"): 1, ("mosaic_gpu_v2", "8 outputs"): 1}, calls
-
-
 def test_auto_without_a_kernel_warns_once_and_is_xla(only_kernels, caplog):
   only_kernels()
   with caplog.at_level(logging.WARNING, logger="kernels.scan"):
@@ -305,3 +297,43 @@ def test_study_model_train_step_lowers_for_cuda_with_the_kernels():
                 else ("3 outputs", "8 outputs"))
     assert calls == {f"{target}:{fwd}": layers, f"{target}:{bwd}": layers}, calls
     assert out["interpreted"] == 0
+
+
+# Python modules of each Pallas backend; blocking them imitates a JAX without it.
+_BACKEND_MODULES = {
+    "triton": ("jax.experimental.pallas.triton", "jax._src.pallas.triton"),
+    "mosaic_gpu": ("jax.experimental.pallas.mosaic_gpu", "jax._src.pallas.mosaic_gpu"),
+}
+_BLOCK_BACKEND = r"""
+import importlib.abc, json, os, sys
+class _Block(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path, target=None):
+    if name.startswith(tuple(os.environ["BLOCKED_MODULES"].split(","))):
+      raise ImportError(f"{name} is not in this build (blocked by the test)")
+sys.meta_path.insert(0, _Block())
+from kernels import scan as _k
+print("OFFERED " + json.dumps([_k.available_implementations(), _k.auto_kernel()]))
+"""
+
+
+@pytest.mark.parametrize("removed, survivor", [("triton", "pallas_mosaic"),
+                                               ("mosaic_gpu", "pallas_triton")])
+def test_each_kernel_survives_the_removal_of_the_other_backend(removed, survivor):
+  """A fresh process whose JAX lacks one Pallas backend (an import hook): the other
+  kernel is offered, `auto` picks it, and the study model's train step lowers for CUDA
+  with it (one forward and one backward kernel per block)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+             XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             BLOCKED_MODULES=",".join(_BACKEND_MODULES[removed]))
+  r = subprocess.run([sys.executable, "-c", _BLOCK_BACKEND + _TRAIN_STEP_SCRIPT, "auto",
+                      *KERNEL_TARGETS.values()],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-4000:]
+  offered, auto = json.loads(r.stdout.split("OFFERED ", 1)[1].splitlines()[0])
+  assert survivor in offered and len([k for k in offered if k in KERNEL_TARGETS]) == 1
+  assert auto == survivor
+  (out,) = json.loads(r.stdout.strip().splitlines()[-1])
+  calls = {k: v for k, v in out["calls"].items()
+           if k.split(":")[0] in KERNEL_TARGETS.values()}
+  assert sum(calls.values()) == 2 * out["n_layers"], calls
+  assert all(k.startswith(KERNEL_TARGETS[survivor] + ":") for k in calls), calls
