@@ -102,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eps = 1e-8
   config.train.grad_clip_norm = 1.0    # global-norm clipping; 0 disables
   config.train.log_every_steps = 100
+  config.train.init_from = ""          # a workdir (e.g. an imported original checkpoint): a run
+                                       # with no checkpoint yet starts from its latest params
+                                       # (fresh optimizer, step 0); "" -> random init
   config.train.stop_at_step = 0        # >0: checkpoint and stop there (resume later); schedule unchanged
   config.train.peak_tflops_per_device = 0.0  # 0 -> from the device kind (for MFU)
   config.train.data_streams = 0        # data streams making the global batch; 0 -> one per process

@@ -29,6 +29,7 @@ class ConfigError(ValueError):
 RESUMABLE_CHANGES = (
     "train.log_every_steps",
     "train.stop_at_step",
+    "train.init_from",   # read only when a run starts (no checkpoint yet)
     "train.peak_tflops_per_device",
     "train.micro_batch_per_device",
     "train.max_consecutive_nonfinite",

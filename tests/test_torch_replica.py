@@ -390,3 +390,28 @@ def test_export_errors_are_one_line_exit_2(tmp_path):
   r = run_cli("export", f"--workdir={tmp_path / 'none'}", f"--out={tmp_path / 'x.pt'}")
   assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
   assert "not a run's workdir" in r.stderr and not os.path.exists(tmp_path / "x.pt")
+
+
+def test_trainer_starts_from_an_imported_checkpoint(small_original, small_tokenizer, tmp_path):
+  """train.init_from: a new run (here a fine-tune, with a learning rate too small to
+  move anything) starts from the imported weights."""
+  tokenizer = tmp_path / "tok.model"
+  tokenizer.write_bytes(small_tokenizer._proto)  # pylint: disable=protected-access
+  imported = tmp_path / "imported"
+  r = run_cli("import", f"--checkpoint={small_original['ckpt']}",
+              f"--config={small_original['config']}", f"--workdir={imported}",
+              f"--tokenizer={tokenizer}")
+  assert r.returncode == 0, r.stderr
+  from mambaswelu_jax import restore, train
+  config = tc.load_config_file(small_original["config"], [])
+  config.data.tokenizer_path = str(tokenizer)
+  config.train.update(num_steps=1, warmup_steps=0, learning_rate=1e-12, init_from=str(imported),
+                      memory_check=False)
+  config.eval.update(every_steps=0, max_batches=1, batch_per_device=2)
+  config.checkpoint.update(every_steps=1, snapshot_every_steps=0, async_save=False)
+  tuned = tmp_path / "tuned"
+  train.train_and_evaluate(config, str(tuned))
+  before = restore.load_run(str(imported)).params
+  after = restore.load_run(str(tuned)).params
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_allclose(a, b, atol=1e-8)
