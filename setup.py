@@ -34,6 +34,7 @@ setup(
         # the adapter's tests. lm-eval needs torch: install a CPU build of torch first
         # (pip install torch==2.13.0 where that is the CPU wheel, as in .ci/run), or pip
         # fetches a multi-GB CUDA build. The adapter is tested with lm-eval 0.4.13.
-        "eval": ["lm-eval>=0.4.13,<0.5"],
+        # safetensors: the checkpoint command's .safetensors files (torch_checkpoint.py).
+        "eval": ["lm-eval>=0.4.13,<0.5", "safetensors"],
     },
 )

@@ -29,6 +29,16 @@ def model_config() -> ml_collections.ConfigDict:
   m.swelu_lambda_init = 1.0
   m.swelu_learn_lambda = True
   m.swelu_learn_k = True        # False: k stays at swelu_k_init (the fixed-k ablation)
+  m.swelu_eps = 1e-8            # >0: the original's (|z|+eps)^k and its own slope; 0: |z|^k,
+                                # slope for k < 1 capped at |z| = 1e-6 (models/swelu.py)
+  m.swelu_k_param = "softplus"  # softplus (k kept > 0) | direct (k itself, as the original)
+  # The original's head and training (docs/model-and-kernels.md, "Original against this
+  # project"): no residual around the dense stack, dropout 0.1, N(0, 0.02) Linears.
+  m.dense_residual = False      # True: logits of x + dense(x) instead of dense(x)
+  m.dropout = 0.1               # after the embeddings, on each block's branch, after the
+                                # first two dense activations; training only
+  m.init = "normal"             # normal: N(0, 0.02) Linears, zero biases (the original's) |
+                                # fan_in: U(±1/sqrt(fan_in)), out_proj / sqrt(2 n_layers)
   m.norm = "layernorm"          # layernorm | rmsnorm
   m.norm_eps = 1e-5
   m.learned_positions = False   # a selective SSM needs none; the original had them
@@ -92,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eps = 1e-8
   config.train.grad_clip_norm = 1.0    # global-norm clipping; 0 disables
   config.train.log_every_steps = 100
+  config.train.init_from = ""          # a workdir (e.g. an imported original checkpoint): a run
+                                       # with no checkpoint yet starts from its latest params
+                                       # (fresh optimizer, step 0); "" -> random init
   config.train.stop_at_step = 0        # >0: checkpoint and stop there (resume later); schedule unchanged
   config.train.peak_tflops_per_device = 0.0  # 0 -> from the device kind (for MFU)
   config.train.data_streams = 0        # data streams making the global batch; 0 -> one per process

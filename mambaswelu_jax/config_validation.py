@@ -30,6 +30,7 @@ class ConfigError(ValueError):
 RESUMABLE_CHANGES = (
     "train.log_every_steps",
     "train.stop_at_step",
+    "train.init_from",   # read only when a run starts (no checkpoint yet)
     "train.peak_tflops_per_device",
     "train.micro_batch_per_device",
     "train.max_consecutive_nonfinite",
@@ -52,6 +53,8 @@ _CHOICES = {
     "model.scan_impl": kscan.IMPLEMENTATIONS,
     "model.activation": ("swelu", "silu"),
     "model.mixer": ("selective", "gated_conv"),
+    "model.init": ("normal", "fan_in"),
+    "model.swelu_k_param": ("softplus", "direct"),
     "model.norm": ("layernorm", "rmsnorm"),
     "model.architecture": ("mamba", "transformer"),
     "model.mlp": ("gelu", "swiglu"),
@@ -221,6 +224,12 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _require(d.tokens_per_parameter > 0, "data.tokens_per_parameter",
              d.tokens_per_parameter, "it must be > 0 when train.num_steps is 0 (derived)")
   _require(m.vocab_size > 0, "model.vocab_size", m.vocab_size, "it must be > 0")
+  if "dropout" in m:
+    _require(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout,
+             "it must lie in [0, 1) (0: no dropout)")
+  if "swelu_eps" in m:
+    _require(0.0 <= m.swelu_eps <= 1e-3, "model.swelu_eps", m.swelu_eps,
+             "it must lie in [0, 1e-3] (0: |z|^k with the capped slope; the original: 1e-8)")
   for key in ("d_model", "n_layers", "d_state", "d_conv", "expand"):
     if key in m:
       _require(m[key] > 0, f"model.{key}", m[key], "it must be > 0")

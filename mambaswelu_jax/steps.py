@@ -69,6 +69,9 @@ class ModelParts:
   graphdef: Any
   tx: optax.GradientTransformation
   num_params: int
+  # model.dropout > 0: the seed of the train step's dropout keys (one per step, micro-
+  # batch and device); None: no dropout, the model is called without a key.
+  dropout_seed: int | None = None
 
 
 def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh
@@ -86,7 +89,16 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh
 
   replicated = NamedSharding(mesh, P())
   state, rest = jax.jit(init, out_shardings=replicated)()
-  return ModelParts(graphdef, tx, int(count_parameters(abstract_params))), state, rest
+  return ModelParts(graphdef, tx, int(count_parameters(abstract_params)),
+                    dropout_seed_of(config)), state, rest
+
+
+def dropout_seed_of(config: ml_collections.ConfigDict) -> int | None:
+  """config.seed when the model drops out in training (model.dropout > 0), else None."""
+  m = config.model
+  if m.get("architecture", "mamba") != "mamba" or float(m.get("dropout", 0.0)) <= 0:
+    return None
+  return int(config.seed)
 
 
 def merge_model(parts: ModelParts, params: Any, rest: Any) -> nnx.Module:
@@ -106,7 +118,8 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def train_step(state: TrainState, batch: dict, rest: Any, lr_scale: jax.Array | None = None,
                *, graphdef: Any, tx: optax.GradientTransformation, accum_steps: int,
-               axis_name: str | None = DATA_AXIS) -> tuple[TrainState, dict]:
+               axis_name: str | None = DATA_AXIS, dropout_seed: int | None = None
+               ) -> tuple[TrainState, dict]:
   """One optimizer step on this device's slice of the global batch.
 
   batch["inputs"], batch["targets"]: int32 (accum_steps * micro, L). Gradients of the
@@ -117,15 +130,25 @@ def train_step(state: TrainState, batch: dict, rest: Any, lr_scale: jax.Array | 
   they were; `step` still advances past the batch) and metrics["skipped_update"] is 1.
   """
   params = state["params"]
+  if dropout_seed is None:
+    step_key = None
+  else:  # dropout: a key per step and device (folded with the micro-batch below)
+    step_key = jax.random.fold_in(jax.random.PRNGKey(dropout_seed), state["step"])
+    if axis_name is not None:
+      step_key = jax.random.fold_in(step_key, jax.lax.axis_index(axis_name))
 
-  def loss_fn(p, inputs, targets):
-    logits = nnx.merge(graphdef, p, rest)(inputs)
+  def loss_fn(p, inputs, targets, micro):
+    if step_key is None:
+      logits = nnx.merge(graphdef, p, rest)(inputs)
+    else:
+      logits = nnx.merge(graphdef, p, rest)(
+          inputs, dropout_key=jax.random.fold_in(step_key, micro))
     return token_nll(logits, targets).mean()
 
   grad_fn = jax.value_and_grad(loss_fn)
   inputs, targets = batch["inputs"], batch["targets"]
   if accum_steps == 1:
-    loss, grads = grad_fn(params, inputs, targets)
+    loss, grads = grad_fn(params, inputs, targets, 0)
   else:
     def split(x):
       return x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:])
@@ -137,7 +160,8 @@ def train_step(state: TrainState, batch: dict, rest: Any, lr_scale: jax.Array | 
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     (loss, grads), _ = jax.lax.scan(micro_step, (jnp.zeros((), jnp.float32), zeros),
-                                    (split(inputs), split(targets)))
+                                    (split(inputs), split(targets),
+                                     jnp.arange(accum_steps)))
     loss = loss / accum_steps
     grads = jax.tree.map(lambda g, p: (g / accum_steps).astype(p.dtype), grads, params)
   if axis_name is not None:
@@ -164,7 +188,7 @@ def make_train_step(mesh: Mesh, parts: ModelParts, accum_steps: int) -> Callable
   `data`; the state argument is donated. Called as step(state, batch, rest) or
   step(state, batch, rest, lr_scale) (a float32 scalar, default 1)."""
   fn = functools.partial(train_step, graphdef=parts.graphdef, tx=parts.tx,
-                         accum_steps=accum_steps)
+                         accum_steps=accum_steps, dropout_seed=parts.dropout_seed)
   sharded = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(), P()),
                           out_specs=(P(), P()), check_vma=False)
   jitted = jax.jit(sharded, donate_argnums=(0,))

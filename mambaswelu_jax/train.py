@@ -175,6 +175,8 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart) -> T
   if restored is not None:
     start_step, state = restored
     log.info("resumed from %s/%s/%d", workdir, layout.CHECKPOINTS, start_step)
+  elif tc.get("init_from", ""):
+    state = _init_from(tc.init_from, state, parts, abstract)
   elif resuming:
     log.info("workdir %s has no checkpoint yet: starting from step 0", workdir)
 
@@ -312,6 +314,23 @@ def _log_progress(step: int, num_steps: int, scalars: dict) -> None:
            "%.4f s/step  MFU %.2f%%  ETA %s", step, num_steps, scalars["train_loss"],
            scalars["learning_rate"], scalars["grad_norm"], scalars["tokens_per_second"],
            scalars["step_time"], 100 * scalars["mfu"], _fmt_time(eta))
+
+
+def _init_from(source: str, state, parts, abstract):
+  """The state with the params of workdir `source` (its latest params: final, else the
+  newest checkpoint or snapshot) and a fresh optimizer state, at step 0."""
+  source = os.path.abspath(os.path.expanduser(source))
+  try:
+    got, params = checkpointing.restore_params(source, abstract["params"])
+  except Exception as e:  # pylint: disable=broad-except
+    raise config_validation.ConfigError(
+        f"config key 'train.init_from' = {source!r}: its params do not restore into this "
+        f"model: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+  params = jax.tree.map(lambda p, a: jax.device_put(p, a.sharding), params, abstract["params"])
+  log.info("initialised from the params of step %d of %s", got, source)
+  return {"step": state["step"], "params": params,
+          "opt_state": jax.jit(parts.tx.init, out_shardings=jax.tree.map(
+              lambda a: a.sharding, abstract["opt_state"]))(params)}
 
 
 def _evaluate(eval_step_fn, params, rest, data, mesh, config, final) -> dict:

@@ -42,7 +42,7 @@ def test_parameter_count_formula_of_the_study_model():
 
 
 def test_initialisation_follows_the_mamba_paper():
-  cfg = tiny(n_layers=3)
+  cfg = tiny(n_layers=3, init="fan_in")
   model = build_model(cfg, nnx.Rngs(0))
   mixer = model.blocks[0].mixer
   di = cfg.expand * cfg.d_model
@@ -55,6 +55,46 @@ def test_initialisation_follows_the_mamba_paper():
   bound = 1 / np.sqrt(di) / np.sqrt(2 * cfg.n_layers)
   assert float(jnp.abs(mixer.out_proj.kernel[...]).max()) <= bound
   assert float(jnp.abs(mixer.out_proj.kernel[...]).max()) > 0.8 * bound
+
+
+def test_normal_init_is_the_originals_and_keeps_the_ssm_parameters():
+  """model.init = "normal": every Linear N(0, 0.02), biases zero; the dt bias, A_log, D
+  and the conv keep their own initialisation."""
+  cfg = tiny(n_layers=2, d_model=64, init="normal")
+  model = build_model(cfg, nnx.Rngs(0))
+  mixer = model.blocks[0].mixer
+  for lin in (mixer.in_proj, mixer.x_proj, mixer.out_proj, model.dense.layers[1]):
+    w = np.asarray(lin.kernel[...])
+    assert abs(w.std() - 0.02) < 0.002 and abs(w.mean()) < 0.002
+  for lin in model.dense.layers:
+    np.testing.assert_array_equal(lin.bias[...], 0.0)
+  dt = jax.nn.softplus(mixer.dt_proj.bias[...])
+  assert float(dt.min()) >= cfg.dt_min * 0.999 and float(dt.max()) <= cfg.dt_max * 1.001
+  np.testing.assert_array_equal(mixer.D[...], 1.0)
+  assert float(jnp.abs(mixer.conv.kernel[...]).max()) <= 1 / np.sqrt(cfg.d_conv)
+
+
+def test_dense_residual_switch_and_dropout_only_with_a_key():
+  cfg = tiny(dropout=0.5)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 9)))
+  plain = build_model(cfg, nnx.Rngs(0))
+  residual = build_model(tiny(dropout=0.5, dense_residual=True), nnx.Rngs(0))
+  x = plain.final_norm(plain._blocks(plain._embed(tokens, jnp.arange(9)[None])))
+  np.testing.assert_allclose(plain(tokens), plain._tied_logits(plain.dense(x)), rtol=1e-6)
+  np.testing.assert_allclose(residual(tokens), plain._tied_logits(x + plain.dense(x)),
+                             rtol=1e-5, atol=1e-6)
+  # Without a key (evaluation, scoring, generation): deterministic and dropout-free.
+  np.testing.assert_array_equal(plain(tokens), plain(tokens))
+  key = jax.random.PRNGKey(3)
+  a = plain(tokens, dropout_key=key)
+  np.testing.assert_array_equal(a, plain(tokens, dropout_key=key))
+  assert not np.allclose(a, plain(tokens, dropout_key=jax.random.PRNGKey(4)))
+  assert not np.allclose(a, plain(tokens))
+  # With model.remat the blocks take the same keys: the same numbers.
+  remat = build_model(tiny(dropout=0.5, remat=True), nnx.Rngs(0))
+  np.testing.assert_allclose(remat(tokens, dropout_key=key), a, rtol=1e-5, atol=1e-6)
+  zero = build_model(tiny(dropout=0.0), nnx.Rngs(0))
+  np.testing.assert_array_equal(zero(tokens, dropout_key=key), zero(tokens))
 
 
 @pytest.mark.parametrize("mixer", ["selective", "gated_conv"])

@@ -1,8 +1,14 @@
 """The MambaSWELU language model.
 
-tokens -> embedding (+ learned positions) -> n_layers pre-norm Mamba blocks -> final
-norm -> x + dense(x), the three dense SWELU layers d -> h -> h -> d as a residual
-branch -> logits through the tied embedding.
+tokens -> embedding (+ learned positions) -> dropout -> n_layers pre-norm Mamba blocks
+-> final norm -> the three dense SWELU layers d -> h -> h -> d (dense1 -> swelu1 ->
+dropout -> dense2 -> swelu2 -> dropout -> dense3 -> swelu3, the original's head) ->
+logits through the tied embedding. `model.dense_residual=True` wraps the dense stack
+in a residual, x + dense(x) (this project's earlier head; an ablation).
+
+Dropout (`model.dropout`) acts only when a `dropout_key` is passed: the train step
+passes one; evaluation, scoring and generation call the model without, so they are
+deterministic.
 
 The residual stream, norms and activations are float32; matmuls run in
 `compute_dtype` (bf16 in the study) with float32 parameters.
@@ -11,7 +17,8 @@ The residual stream, norms and activations are float32; matmuls run in
 import jax.numpy as jnp
 from flax import nnx
 
-from mambaswelu_jax.models.layers import DenseStack, TiedEmbeddingLM, make_norm
+from mambaswelu_jax.models.layers import (DenseStack, TiedEmbeddingLM, dropout, make_norm,
+                                          site_key)
 from mambaswelu_jax.models.mamba import MambaBlock
 
 
@@ -22,19 +29,26 @@ class MambaLM(TiedEmbeddingLM):
     self.blocks = nnx.List([MambaBlock(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
     self.final_norm = make_norm(cfg, rngs)
     self.dense = DenseStack(cfg, rngs=rngs)
+    self.dense_residual = bool(cfg.get("dense_residual", False))
+    self.rate = float(cfg.get("dropout", 0.0))
 
-  def _logits(self, x):
+  def _logits(self, x, dropout_key=None):
     x = self.final_norm(x)
-    return self._tied_logits(x + self.dense(x))
+    key = site_key(dropout_key, 1 + len(self.blocks))
+    h = self.dense(x, dropout_key=key)
+    return self._tied_logits(x + h if self.dense_residual else h)
 
-  def __call__(self, tokens):
-    """tokens int (batch, length) -> logits float32 (batch, length, vocab)."""
+  def __call__(self, tokens, *, dropout_key=None):
+    """tokens int (batch, length) -> logits float32 (batch, length, vocab).
+
+    dropout_key: a PRNG key in training (model.dropout applies), None otherwise."""
     length = tokens.shape[1]
     if self.positions is not None and length > self.cfg.max_len:
       raise ValueError(f"MambaLM: sequence length {length} exceeds model.max_len="
                        f"{self.cfg.max_len} of the learned position table.")
-    x = self._embed(tokens, jnp.arange(length)[None])
-    return self._logits(self._blocks(x))
+    x = dropout(self._embed(tokens, jnp.arange(length)[None]), self.rate,
+                site_key(dropout_key, 0))
+    return self._logits(self._blocks(x, dropout_key), dropout_key)
 
   # Recurrent decoding: constant work per token.
 

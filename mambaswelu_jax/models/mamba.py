@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import kernels
-from mambaswelu_jax.models.layers import make_norm, torch_default_init
+from mambaswelu_jax.models.layers import dropout, linear_init, make_norm
 from mambaswelu_jax.models.swelu import make_activation
 
 
@@ -69,23 +69,28 @@ class MambaMixer(nnx.Module):
     self.scan_impl, self.scan_chunk = cfg.scan_impl, cfg.scan_chunk
     linear = lambda i, o, **kw: nnx.Linear(i, o, dtype=cdt, param_dtype=pdt, rngs=rngs,
                                            **kw)
-    self.in_proj = linear(d, 2 * di, use_bias=False, kernel_init=torch_default_init)
+    # model.init: "normal" N(0, 0.02) for every Linear (the original's), "fan_in"
+    # torch's default U(±1/sqrt(fan_in)) with out_proj scaled by 1/sqrt(2·n_layers).
+    # The conv keeps torch's default either way (the original did not redraw it);
+    # the dt bias, A_log and D keep the Mamba paper's (a bias rule must not erase them).
+    fan_in = cfg.get("init", "fan_in") == "fan_in"
+    self.in_proj = linear(d, 2 * di, use_bias=False, kernel_init=linear_init(cfg))
     self.conv = CausalConv(di, cfg.d_conv, param_dtype=pdt, rngs=rngs)
     self.conv_act = make_activation(cfg)
-    out_scale = 1.0 / math.sqrt(2 * cfg.n_layers)
-    self.out_proj = linear(di, d, use_bias=False, kernel_init=lambda *a: out_scale *
-                           torch_default_init(*a))
+    self.out_proj = linear(di, d, use_bias=False, kernel_init=linear_init(
+        cfg, 1.0 / math.sqrt(2 * cfg.n_layers)))
     if self.selective:
-      self.x_proj = linear(di, r + 2 * n, use_bias=False, kernel_init=torch_default_init)
+      self.x_proj = linear(di, r + 2 * n, use_bias=False, kernel_init=linear_init(cfg))
       self.dt_proj = linear(r, di, use_bias=True,
-                            kernel_init=_symmetric_uniform(r ** -0.5),
+                            kernel_init=(_symmetric_uniform(r ** -0.5) if fan_in
+                                         else linear_init(cfg)),
                             bias_init=_dt_bias_init(cfg.dt_min, cfg.dt_max))
       # S4D-real: A = -(1, 2, ..., N) for every channel.
       self.A_log = nnx.Param(jnp.log(jnp.tile(jnp.arange(1, n + 1, dtype=pdt), (di, 1))))
       self.D = nnx.Param(jnp.ones((di,), pdt))
     else:
-      self.x_proj = linear(di, n, use_bias=False, kernel_init=torch_default_init)
-      self.dt_proj = linear(di, di, use_bias=True, kernel_init=torch_default_init)
+      self.x_proj = linear(di, n, use_bias=False, kernel_init=linear_init(cfg))
+      self.dt_proj = linear(di, di, use_bias=True, kernel_init=linear_init(cfg))
 
   def _ssm_inputs(self, x):
     """x_proj -> (dt before bias, B, C)."""
@@ -149,15 +154,17 @@ def _dt_bias_init(dt_min, dt_max):
 
 
 class MambaBlock(nnx.Module):
-  """Pre-norm residual block: x + act(mixer(norm(x)))."""
+  """Pre-norm residual block: x + dropout(act(mixer(norm(x)))) (dropout in training
+  only, model.dropout)."""
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     self.norm = make_norm(cfg, rngs)
     self.mixer = MambaMixer(cfg, rngs=rngs)
     self.out_act = make_activation(cfg)
+    self.rate = float(cfg.get("dropout", 0.0))
 
-  def __call__(self, x):
-    return x + self.out_act(self.mixer(self.norm(x)))
+  def __call__(self, x, dropout_key=None):
+    return x + dropout(self.out_act(self.mixer(self.norm(x))), self.rate, dropout_key)
 
   def step(self, x, cache):
     y, cache = self.mixer.step(self.norm(x), cache)
