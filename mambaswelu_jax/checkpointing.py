@@ -323,11 +323,13 @@ class Checkpoints:
         os.path.join(os.path.abspath(workdir), layout.CHECKPOINTS),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=int(ckpt_config.max_to_keep), create=True,
+            cleanup_tmp_directories=is_main,
             enable_async_checkpointing=async_save, multiprocessing_options=mp("states")),
         item_names=("state", "data", "meta"))
     self.snapshots = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), layout.SNAPSHOTS),
         options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
+                                             cleanup_tmp_directories=is_main,
                                              enable_async_checkpointing=async_save,
                                              multiprocessing_options=mp("snapshots")),
         item_names=("params", "meta"))
@@ -480,15 +482,42 @@ class Checkpoints:
       return
     source = _step_dir(self.states.directory, step)
     aside = os.path.join(self.workdir, layout.UNRESTORABLE)
-    os.makedirs(aside, exist_ok=True)
     target = os.path.join(aside, f"step_{step}." + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
     try:
+      os.makedirs(aside, exist_ok=True)
       shutil.move(source, target)
     except OSError as e:
       log.warning("could not move %s aside: %s", source, e)
       return
     log.warning("moved %s to %s (kept for inspection; step %d is saved again when training "
                 "reaches it)", source, target, step)
+
+  def discard_partial(self) -> list[str]:
+    """After a failed write: waits for the saves in flight (their errors are already
+    reported), then removes the temporary directories of unfinished checkpoints
+    (`<step>.orbax-checkpoint-tmp*`), which a full disk needs back. Returns them."""
+    for m in self._managers():
+      try:
+        m.wait_until_finished()
+      except Exception:  # pylint: disable=broad-except
+        pass
+    removed = []
+    if not self.is_main:
+      return removed
+    for m in self._managers():
+      directory = str(m.directory)
+      try:
+        names = os.listdir(directory)
+      except OSError:
+        continue
+      for name in names:
+        if ".orbax-checkpoint-tmp" in name:
+          path = os.path.join(directory, name)
+          shutil.rmtree(path, ignore_errors=True)
+          removed.append(path)
+    if removed:
+      log.warning("removed the unfinished checkpoint(s) %s", ", ".join(removed))
+    return removed
 
   def reached_preemption(self, step: int) -> bool:
     return bool(self.states.reached_preemption(step))

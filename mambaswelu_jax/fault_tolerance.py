@@ -161,6 +161,7 @@ class FaultPolicy:
     except checkpointing.CheckpointWriteError as e:
       self.counters["checkpoint_write_errors"] += 1
       log.error("a pending checkpoint write failed; earlier checkpoints are intact: %s", e)
+      self.ckpts.discard_partial()
       if must_succeed or self.ckpt_cfg.on_write_error == "stop":
         raise TrainingStopped(f"the last checkpoint write failed: {e}\nThe checkpoints "
                               f"already written are intact: rerun the same command to "
@@ -169,6 +170,7 @@ class FaultPolicy:
   def write_error(self, step: int, error: Exception, what: str) -> None:
     self.counters["checkpoint_write_errors"] += 1
     log.error("step %d: %s failed; earlier checkpoints are intact: %s", step, what, error)
+    self.ckpts.discard_partial()  # a full disk needs the half-written one's space back
     if self.ckpt_cfg.on_write_error == "stop":
       raise TrainingStopped(f"step {step}: {what} failed: {error}\nThe checkpoints already "
                             f"written are intact: free space (or fix the error) and rerun the "

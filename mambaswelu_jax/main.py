@@ -42,6 +42,12 @@ _LIBRARY_INFO = flags.DEFINE_bool("library_info", False,
                                    "Show INFO logs of libraries (Orbax, CLU, JAX) too.")
 _TRACEBACK = flags.DEFINE_bool("traceback", False,
                                "On an error, print the Python traceback, not one line.")
+_TAKE_OVER_LOCK = flags.DEFINE_bool(
+    "take_over_lock", False, "Take the workdir even when its lock (DIR/trainer.lock) names a "
+    "trainer that looks alive, e.g. a job on another host known to be dead.")
+_LOCK_STALE_S = flags.DEFINE_float(
+    "lock_stale_s", 120.0, "A lock of another host whose heartbeat is older than this many "
+    "seconds is stale and taken over (the holder refreshes it every 15 s).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 USAGE_EXIT_CODE = 2
@@ -122,9 +128,12 @@ def main(argv):
   from mambaswelu_jax.config_validation import ConfigError  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.data.sources import DataError  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.fault_tolerance import TrainingStopped  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.workdir import WorkdirLocked  # pylint: disable=import-outside-toplevel
   try:
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ConfigError, DataError) as e:
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                      take_over_lock=_TAKE_OVER_LOCK.value,
+                                      lock_stale_s=_LOCK_STALE_S.value)
+  except (ConfigError, DataError, WorkdirLocked) as e:
     if _TRACEBACK.value:
       raise
     _fail(str(e))

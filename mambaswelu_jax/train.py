@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from typing import Any
 
@@ -35,12 +36,13 @@ from mambaswelu_jax import perplexity
 from mambaswelu_jax import run_data
 from mambaswelu_jax import workdir as layout
 from mambaswelu_jax.data_order import DataOrderLog
-from mambaswelu_jax.fault_tolerance import FaultPolicy
+from mambaswelu_jax.fault_tolerance import WRITE_ERROR_EXIT_CODE, FaultPolicy, TrainingStopped
 from mambaswelu_jax.mesh import make_mesh, pad_rows, split_batch, to_global
 from mambaswelu_jax.models import swelu_scalars
 from mambaswelu_jax.models.flops import flops_per_token
 from mambaswelu_jax.sampler import sample_text
-from mambaswelu_jax.steps import create_train_state, make_eval_step, make_schedule
+from mambaswelu_jax.steps import abstract_train_state, create_train_state, make_eval_step
+from mambaswelu_jax.steps import make_schedule
 from mambaswelu_jax.steps import make_train_step, merge_model
 from mambaswelu_jax.stop_signals import StopSignals, signal_name
 
@@ -50,6 +52,14 @@ log = logging.getLogger("mambaswelu_jax.train")
 # (the status a shell reports for a process ended by SIGTERM: schedulers treat it
 # as a preemption, and rerunning the same command resumes). Ctrl-C gives 130.
 PREEMPTED_EXIT_CODE = 143
+# Exit status when another trainer took the workdir over (--take_over_lock) while this
+# one ran: it stops at once, writing nothing more.
+LOCK_LOST_EXIT_CODE = 5
+# Train steps dispatched ahead of the device at most. JAX dispatches asynchronously: an
+# unbounded loop runs ahead to the next log line's device_get, so a stop signal would be
+# seen only there (25 steps later in the demo). One step ahead keeps the device busy and
+# a stop within a step or two.
+MAX_STEPS_IN_FLIGHT = 1
 
 
 class _WorkdirStart:
@@ -59,10 +69,11 @@ class _WorkdirStart:
   that leaves the workdir as it found it: a workdir this run created is removed, and
   in an existing one the entries it added are (a checkpoint moved aside stays)."""
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict, is_main: bool):
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, is_main: bool,
+               existed: bool):
     self.workdir, self.config, self.is_main = workdir, config, is_main
-    self.existed = os.path.isdir(workdir)
-    self.entries = set(os.listdir(workdir)) if self.existed else set()
+    self.existed = existed
+    self.entries = (set(os.listdir(workdir)) | {layout.LOCK}) if existed else set()
     self.log_handler = metrics_lib.add_train_log(workdir, is_main)
     self.done = False
 
@@ -70,7 +81,13 @@ class _WorkdirStart:
     if self.done:
       return
     if self.is_main:
-      checkpointing.record_config(self.workdir, self.config, step)
+      try:
+        checkpointing.record_config(self.workdir, self.config, step)
+      except OSError as e:  # a full disk: checkpoints without their config cannot resume
+        raise TrainingStopped(
+            f"writing {os.path.join(self.workdir, layout.CONFIG)} failed: {e}\nNo checkpoint "
+            f"of this attempt was written; free space (or fix the error) and rerun the "
+            f"same command.", WRITE_ERROR_EXIT_CODE) from e
     metrics_lib.start_train_log(self.log_handler, self.workdir)
     self.done = True
 
@@ -85,7 +102,10 @@ class _WorkdirStart:
       if os.path.isdir(path):
         shutil.rmtree(path, ignore_errors=True)
       else:
-        os.remove(path)
+        try:
+          os.remove(path)
+        except OSError:
+          pass
 
   def close(self) -> None:
     metrics_lib.remove_train_log(self.log_handler)
@@ -111,10 +131,13 @@ def due(step: int, every: int, last: int) -> bool:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       devices: list | None = None) -> TrainResult:
+                       devices: list | None = None, take_over_lock: bool = False,
+                       lock_stale_s: float = layout.LOCK_STALE_S) -> TrainResult:
   """Trains (or resumes) the run recorded in `workdir`.
 
   `devices`: the mesh (default: every device of every process, `jax.devices()`).
+  `take_over_lock`: take the workdir even when its lock names a trainer that looks
+  alive (`workdir.WorkdirLock`); a stale lock is taken over without it.
   """
   workdir = os.path.abspath(os.path.expanduser(workdir))
   is_main = jax.process_index() == 0
@@ -126,22 +149,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   accum = config_validation.check_batch(config, len(devices), jax.process_count())
   checkpointing.check_workdir(workdir)
   resuming = checkpointing.check_config(workdir, config)
-  start = _WorkdirStart(workdir, config, is_main)
+  if resuming and layout.steps(workdir):  # the stored shapes, before anything is built
+    checkpointing.check_state_matches(workdir, abstract_train_state(config))
+
+  # --- One trainer per workdir: the lock (refused: nothing written).
+  existed = os.path.isdir(workdir)
+  lock = None
+  if is_main:
+    lock = layout.WorkdirLock(workdir, take_over=take_over_lock, stale_s=lock_stale_s,
+                              command=" ".join(sys.argv))
+    try:
+      lock.acquire()
+    except OSError as e:
+      if not existed:
+        shutil.rmtree(workdir, ignore_errors=True)
+      raise config_validation.ConfigError(
+          f"--workdir={workdir} cannot be made or locked: {e}") from e
+    if lock.replaced:
+      log.warning("took over the workdir lock of %s: %s", lock.describe(lock.replaced[0]),
+                  lock.replaced[1])
+  start = _WorkdirStart(workdir, config, is_main, existed)
   try:
-    if is_main:
-      try:
-        os.makedirs(workdir, exist_ok=True)
-      except OSError as e:
-        raise config_validation.ConfigError(f"--workdir={workdir} cannot be made: {e}") from e
-    return _train(config, workdir, devices, accum, resuming, start)
+    return _train(config, workdir, devices, accum, resuming, start, lock)
   except BaseException:
     start.roll_back()
     raise
   finally:
     start.close()
+    if lock is not None:
+      lock.release()
 
 
-def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart) -> TrainResult:
+def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
+           lock: layout.WorkdirLock | None) -> TrainResult:
   tc, ec, cc = config.train, config.eval, config.checkpoint
   num_steps, is_main = int(tc.num_steps), start.is_main
   mesh = make_mesh(devices)
@@ -163,11 +203,10 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart) -> T
   eval_step_fn = make_eval_step(mesh, parts.graphdef)
   schedule = make_schedule(tc, num_steps)
 
-  # --- Checkpoints: the stored shapes must fit this model; resume from the newest one
-  # that restores (damaged ones are moved aside).
+  # --- Checkpoints (their shapes were checked against the config before anything was
+  # built): resume from the newest one that restores (damaged ones are moved aside).
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           state)
-  checkpointing.check_state_matches(workdir, abstract)
   ckpts = checkpointing.Checkpoints(workdir, cc, is_main=is_main)
   faults = FaultPolicy(config, ckpts, abstract, lambda: create_train_state(config, mesh)[1],
                        mesh)
@@ -202,6 +241,14 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart) -> T
         state, step_metrics = train_step_fn(state, to_global(arrays, mesh), rest,
                                             faults.lr_scale)
         pending.append(step_metrics)
+        if len(pending) > MAX_STEPS_IN_FLIGHT:  # at most this many steps ahead of the device
+          jax.block_until_ready(pending[-1 - MAX_STEPS_IN_FLIGHT])
+        if lock is not None and lock.lost:
+          data_order = None  # another trainer writes this workdir now: write nothing more
+          raise TrainingStopped(
+              f"step {step}: another trainer took this workdir over "
+              f"({lock.describe(lock.lost)}); this one stops without saving.",
+              LOCK_LOST_EXIT_CODE)
         if step == start_step + 1:  # compilation: keep it out of the timings
           jax.block_until_ready(step_metrics)
           log.info("first step (with what was left to compile) took %.1f s",
