@@ -96,10 +96,32 @@ def _parse_flags(argv):
 
 
 class _OwnInfoOnly:
-  """Console filter: our INFO lines, everyone's warnings and errors."""
+  """Console filter: our INFO lines, everyone's warnings and errors; a library's error
+  is its one line, without the traceback it attaches (--library_info keeps them)."""
 
   def filter(self, record):
-    return record.levelno >= 30 or record.name.startswith("mambaswelu_jax")
+    if record.name.startswith("mambaswelu_jax"):
+      return True
+    if record.levelno < 30:
+      return False
+    if record.exc_info or record.exc_text:
+      record.exc_info = record.exc_text = None
+      record.msg, record.args = str(record.getMessage()).split("\n", 1)[0], ()
+    return True
+
+
+def _quiet_closed_loop_errors() -> None:
+  """A failed asynchronous Orbax write (a full disk) leaves tensorstore callbacks that
+  find their event loop closed; they print a traceback each through sys.excepthook.
+  Those say nothing the trainer's own error line does not: drop them."""
+  previous = sys.excepthook
+
+  def hook(kind, value, tb):
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    previous(kind, value, tb)
+
+  sys.excepthook = hook
 
 
 def maybe_initialize_distributed() -> None:
@@ -123,6 +145,7 @@ def main(argv):
           f"(python -m mambaswelu_jax.main --config=configs/X.py --workdir=DIR)")
   if not _LIBRARY_INFO.value:
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
+    _quiet_closed_loop_errors()
   maybe_initialize_distributed()
   from mambaswelu_jax import train  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.config_validation import ConfigError  # pylint: disable=import-outside-toplevel

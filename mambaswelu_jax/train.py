@@ -325,6 +325,12 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
   log.info("done at step %d in %s", step, _fmt_time(elapsed))
   summary = _summary(workdir, step, num_steps, elapsed, stop_signal, first_loss, final_eval,
                      config, ec.sample_prompt, sample)
+  failed = int(faults.counters["checkpoint_write_errors"])
+  if failed:
+    saved = layout.steps(workdir)
+    summary += (f"\n  write errors           {failed} checkpoint write(s) failed (full disk or "
+                f"I/O error; see {layout.TRAIN_LOG}); newest checkpoint: "
+                f"{saved[-1] if saved else 'none'}")
   return TrainResult(step=step, final_metrics=final_eval,
                      state=state, summary=summary, stop_signal=int(stop_signal))
 
