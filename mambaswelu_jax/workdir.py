@@ -98,6 +98,8 @@ class AppendFile:
   writing starts to fail and once when it works again. Never raises OSError.
   """
 
+  _os_write = staticmethod(os.write)  # (tests inject a full disk here)
+
   def __init__(self, path: str, *, max_pending: int = 8 << 20,
                on_error: Callable[[str], None] | None = None):
     self.path, self.max_pending, self.on_error = path, max_pending, on_error
@@ -134,7 +136,7 @@ class AppendFile:
     while self.pending:
       try:
         self._open()
-        n = os.write(self._fd, bytes(self.pending))
+        n = self._os_write(self._fd, bytes(self.pending))
       except OSError as e:
         self._failed(e)
         self._trim()
