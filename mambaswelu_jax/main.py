@@ -80,8 +80,19 @@ def _one_line(error: BaseException, argv) -> str:
   return f"{flag.group(1)}: {last}" if flag else last
 
 
+_HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
+
+
 def _parse_flags(argv):
-  """absl's flag parsing, with every bad argument as one line and exit status 2."""
+  """absl's flag parsing, with every bad argument as one line and exit status 2;
+  --help prints the usage and exits 0."""
+  if any(a in _HELP_FLAGS for a in argv[1:]):
+    text = (flags.FLAGS.get_help() if "--helpfull" in argv
+            else flags.FLAGS.main_module_help())
+    print(f"{__doc__.strip()}\n\nflags:\n{text}", flush=True)
+    sys.exit(0)
+  from mambaswelu_jax.config_validation import make_configs_importable  # pylint: disable=import-outside-toplevel
+  make_configs_importable(argv)
   try:
     parsed = flags.FLAGS(argv)
     _CONFIG.value.items()  # a config file that failed to load raises here
