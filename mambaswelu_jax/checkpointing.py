@@ -13,7 +13,8 @@ Workdir layout::
   DIR/final/<step>/params/     params at the end of training
   DIR/unrestorable_checkpoints/step_<N>.<UTC time>/
                                a checkpoint that did not restore, moved aside by the
-                               trainer (its step is saved again when training reaches it)
+                               trainer (training resumes from an older checkpoint and
+                               saves on its cadence again)
 
 Saves are asynchronous: the train state is copied off the device before
 `save` returns and written in the background; the data-iterator state is
@@ -102,18 +103,23 @@ def _finite(x):
   return jnp.bool_(True)
 
 
-def _checksums_and_finite(tree):
+def _checksum_leaves(t):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  leaves = jax.tree.leaves(t)
+  sums = [_leaf_checksum(x) for x in leaves]
+  finite = [_finite(x) for x in leaves]
+  return sums, (jnp.all(jnp.stack(finite)) if finite else jnp.bool_(True)), finite
 
-  @jax.jit
-  def fn(t):
-    leaves = jax.tree.leaves(t)
-    sums = [_leaf_checksum(x) for x in leaves]
-    finite = [_finite(x) for x in leaves]
-    return sums, (jnp.all(jnp.stack(finite)) if finite else jnp.bool_(True)), finite
 
-  sums, all_finite, finite = jax.device_get(fn(tree))
+_CHECKSUMS_JIT = []  # one jitted function for the process: compiled once per tree shape
+
+
+def _checksums_and_finite(tree):
+  import jax  # pylint: disable=import-outside-toplevel
+  if not _CHECKSUMS_JIT:
+    _CHECKSUMS_JIT.append(jax.jit(_checksum_leaves))
+  sums, all_finite, finite = jax.device_get(_CHECKSUMS_JIT[0](tree))
   paths = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
   bad = [p for p, f in zip(paths, finite) if not bool(f)]
   return {p: int(c) for p, c in zip(paths, sums)}, bool(all_finite), bad
@@ -489,8 +495,10 @@ class Checkpoints:
     except OSError as e:
       log.warning("could not move %s aside: %s", source, e)
       return
-    log.warning("moved %s to %s (kept for inspection; step %d is saved again when training "
-                "reaches it)", source, target, step)
+    log.warning("moved %s to %s (kept for inspection; training resumes from an older "
+                "checkpoint and saves again every checkpoint.every_steps; step %d itself is "
+                "saved again only if it falls on that cadence or the run stops there)",
+                source, target, step)
 
   def discard_partial(self) -> list[str]:
     """After a failed write: waits for the saves in flight (their errors are already

@@ -164,15 +164,18 @@ class MetricsWriter:
         self._jsonl.append(json.dumps({"resumed_from_step": int(resume_step)}) + "\n")
     else:
       self._jsonl = None
-    if tensorboard:
-      from clu import metric_writers  # pylint: disable=import-outside-toplevel
-      self._log_writer = metric_writers.LoggingWriter()
-      self._open_tensorboard()
+    # CLU (and TensorFlow under it: seconds to import) is loaded at the first write, not
+    # here: a run stopped before its first log line does not wait for it.
+    self._clu_wanted = tensorboard
+    self._hparams = None
 
   def _warn(self, message: str) -> None:
     log.warning("metrics: %s", message)
 
   def _open_tensorboard(self) -> None:
+    if self._clu_wanted and self._log_writer is None:
+      from clu import metric_writers  # pylint: disable=import-outside-toplevel
+      self._log_writer = metric_writers.LoggingWriter()
     if self._tb_dir is None or self._tb is not None:
       return
     if self._tb_failed_at is not None and time.monotonic() - self._tb_failed_at < self._tb_retry_s:
@@ -186,6 +189,9 @@ class MetricsWriter:
     if self._tb_failed_at is not None:
       self._tb_failed_at = None
       self._warn(f"writing TensorBoard events to {self._tb_dir} again")
+    if self._hparams is not None:
+      hparams, self._hparams = self._hparams, None
+      self._tensorboard("write_hparams", hparams)
 
   def _tensorboard_failed(self, error: Exception) -> None:
     self.write_errors += 1
@@ -215,6 +221,7 @@ class MetricsWriter:
     scalars = {k: _jsonable(v) for k, v in scalars.items()}
     numbers = {k: (v if v is not None else float("nan"))
                for k, v in scalars.items() if not isinstance(v, str)}
+    self._open_tensorboard()
     if self._log_writer is not None:
       self._log_writer.write_scalars(step, numbers)
     self._tensorboard("write_scalars", step, numbers)
@@ -223,16 +230,20 @@ class MetricsWriter:
       self._jsonl.append(json.dumps({"step": int(step), **scalars}) + "\n")
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-    self._tensorboard("write_hparams", {k: (v if isinstance(v, (int, float, str, bool))
-                                           else str(v)) for k, v in hparams.items()})
+    """Written with the first scalars (when TensorBoard's writer opens)."""
+    if self._tb_dir is not None:
+      self._hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                       for k, v in hparams.items()}
 
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+    self._open_tensorboard()
     if self._log_writer is not None:
       self._log_writer.write_texts(step, dict(texts))
     self._tensorboard("write_texts", step, dict(texts))
 
   def flush(self) -> None:
-    self._tensorboard("flush")
+    if self._tb is not None:
+      self._tensorboard("flush")
     if self._jsonl is not None:
       self._jsonl.flush()
 

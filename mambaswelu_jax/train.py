@@ -217,6 +217,9 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
   elif resuming:
     log.info("workdir %s has no checkpoint yet: starting from step 0", workdir)
 
+  # The save's checksum function compiles now, not in a stop's grace period.
+  checkpointing.state_checksums(state)
+
   flops = float(flops_per_token(config.model, int(config.data.seq_len))["training"])
   peak, peak_source = metrics_lib.peak_tflops(devices[0], len(mesh.local_devices),
                                               tc.peak_tflops_per_device)
