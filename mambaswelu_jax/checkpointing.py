@@ -263,6 +263,36 @@ def _shapes_by_path(tree) -> dict[tuple, tuple]:
   return out
 
 
+class _DropOrbaxNotes:
+  """A logging filter for Orbax's warnings that say nothing to a user: reading a
+  composite checkpoint's item metadata looks for a _CHECKPOINT_METADATA file only the
+  step directory has, and a read-only manager announces itself."""
+
+  NOTES = ("Given directory is read only", "Metadata file does not exist")
+
+  def filter(self, record):
+    return not str(record.msg).startswith(self.NOTES)
+
+
+def quiet_orbax_notes():
+  """Context manager: Orbax's notes (_DropOrbaxNotes) are not logged inside it."""
+  import contextlib  # pylint: disable=import-outside-toplevel
+  import logging as std_logging  # pylint: disable=import-outside-toplevel
+
+  @contextlib.contextmanager
+  def ctx():
+    note = _DropOrbaxNotes()
+    loggers = [std_logging.getLogger("absl"), std_logging.getLogger()]
+    for lg in loggers:
+      lg.addFilter(note)
+    try:
+      yield
+    finally:
+      for lg in loggers:
+        lg.removeFilter(note)
+  return ctx()
+
+
 def check_state_matches(workdir: str, abstract_state: Any) -> None:
   """Refuses (WorkdirConfigMismatch, nothing written) when the stored checkpoints hold a
   state of another structure, shape or dtype than `abstract_state`: such a config
@@ -275,7 +305,8 @@ def check_state_matches(workdir: str, abstract_state: Any) -> None:
   for step in reversed(layout.steps(workdir)):
     where = os.path.join(workdir, layout.CHECKPOINTS, str(step))
     try:
-      stored = ocp.StandardCheckpointer().metadata(os.path.join(where, "state"))
+      with quiet_orbax_notes():
+        stored = ocp.StandardCheckpointer().metadata(os.path.join(where, "state"))
       have = _shapes_by_path(getattr(stored, "item_metadata", stored))
     except Exception:  # pylint: disable=broad-except
       continue
@@ -563,6 +594,11 @@ def restore_params(workdir: str, abstract_params: Any, step: int | None = None,
   kind: "final", "snapshots", "checkpoints", or "auto" (final, else the newest
   full checkpoint, else the newest snapshot).
   """
+  with quiet_orbax_notes():
+    return _restore_params(workdir, abstract_params, step, kind)
+
+
+def _restore_params(workdir, abstract_params, step, kind) -> tuple[int, Any]:
   import jax  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -576,8 +612,9 @@ def restore_params(workdir: str, abstract_params: Any, step: int | None = None,
     if not os.path.isdir(directory):
       continue
     item = "state" if k == "checkpoints" else "params"
-    mngr = ocp.CheckpointManager(directory, item_names=(item, "meta"),
-                                 options=ocp.CheckpointManagerOptions(read_only=True))
+    with quiet_orbax_notes():
+      mngr = ocp.CheckpointManager(directory, item_names=(item, "meta"),
+                                   options=ocp.CheckpointManagerOptions(read_only=True))
     s = step if step is not None else mngr.latest_step()
     if s is None or s not in mngr.all_steps():
       mngr.close()

@@ -151,6 +151,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   resuming = checkpointing.check_config(workdir, config)
   if resuming and layout.steps(workdir):  # the stored shapes, before anything is built
     checkpointing.check_state_matches(workdir, abstract_train_state(config))
+  if resuming:
+    done = _already_complete(config, workdir)
+    if done is not None:
+      return done
 
   # --- One trainer per workdir: the lock (refused: nothing written).
   existed = os.path.isdir(workdir)
@@ -336,6 +340,30 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
                 f"{saved[-1] if saved else 'none'}")
   return TrainResult(step=step, final_metrics=final_eval,
                      state=state, summary=summary, stop_signal=int(stop_signal))
+
+
+def _already_complete(config, workdir: str) -> TrainResult | None:
+  """A run whose final params and last checkpoint are saved at train.num_steps has
+  nothing left to do: said at once (nothing built, compiled or written), with the last
+  validation figures from metrics.jsonl. None when something is left."""
+  num_steps = int(config.train.num_steps)
+  saved = layout.steps(workdir)
+  if (int(config.train.stop_at_step or 0) not in (0, num_steps)
+      or num_steps not in layout.steps(workdir, layout.FINAL)
+      or not saved or saved[-1] != num_steps):
+    return None
+  final_eval = {}
+  path = os.path.join(workdir, layout.METRICS)
+  if os.path.exists(path):
+    for record in metrics_lib.read_jsonl(path):
+      if "validation_loss" in record and record["step"] <= num_steps:
+        final_eval = {k: v for k, v in record.items() if k.startswith("validation_")}
+  log.info("run already complete at step %d (final params in %s/%d)", num_steps,
+           os.path.join(workdir, layout.FINAL), num_steps)
+  summary = _summary(workdir, num_steps, num_steps, 0.0, 0, None, final_eval, config, "", "")
+  summary = summary.replace(f"step {num_steps}/{num_steps} in 0m00s",
+                            f"step {num_steps}/{num_steps}, already complete", 1)
+  return TrainResult(step=num_steps, final_metrics=final_eval, summary=summary)
 
 
 def _start_recording(start: _WorkdirStart, config, start_step: int, num_params: int):

@@ -339,3 +339,137 @@ def test_model_change_is_refused_before_the_model_is_built(tokenizer_path, tmp_p
     train.train_and_evaluate(changed, workdir)
   assert time.perf_counter() - start < 15
   assert _files(workdir) == before
+
+
+def test_finished_run_says_complete_without_building_anything(tokenizer_path, tmp_path,
+                                                             monkeypatch):
+  workdir = str(tmp_path / "w")
+  config = tiny(tokenizer_path, train__num_steps=4, eval__sample_tokens=0,
+                checkpoint__snapshot_every_steps=0)
+  first = train.train_and_evaluate(config, workdir)
+  before = _files(workdir)
+
+  def built(*args, **kwargs):
+    raise AssertionError("a finished run built its model again")
+  monkeypatch.setattr(train, "create_train_state", built)
+  monkeypatch.setattr(train.run_data, "RunData", built)
+  start = time.perf_counter()
+  again = train.train_and_evaluate(config, workdir)
+  assert time.perf_counter() - start < 10
+  assert again.step == 4 and "already complete" in again.summary
+  assert again.final_metrics["validation_loss"] == pytest.approx(
+      first.final_metrics["validation_loss"])
+  assert _files(workdir) == before
+
+
+# --- 4, 5. eval: a read-only workdir, benchmarks offline ---------------------------------
+
+
+def _eval(*args, env=None, timeout=300):
+  return subprocess.run([sys.executable, "-m", "mambaswelu_jax.eval", *args], cwd=ROOT,
+                        env=env or _env(), capture_output=True, text=True, timeout=timeout,
+                        check=False)
+
+
+@pytest.fixture(scope="module")
+def finished(tokenizer_path, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("finished"))
+  train.train_and_evaluate(tiny(tokenizer_path, train__num_steps=4, eval__sample_tokens=0,
+                                checkpoint__snapshot_every_steps=0), workdir)
+  return workdir
+
+
+def test_eval_on_a_read_only_workdir_prints_first_then_one_line(finished, tmp_path,
+                                                                monkeypatch, capsys):
+  """The result file cannot be written (EROFS injected at the write): the table is
+  printed, then one line naming the file, the reason and --output_dir; exit 3. A real
+  read-only bind mount gives the same where mounting is permitted."""
+  from mambaswelu_jax import eval as eval_cmd
+  from mambaswelu_jax import evaluation
+
+  def read_only(path, data):
+    raise OSError(errno.EROFS, "Read-only file system", path)
+  monkeypatch.setattr(evaluation.layout, "atomic_write", read_only)
+  from absl import flags
+  eval_cmd.define_flags() if "benchmark_tasks_dir" not in flags.FLAGS else None
+  flags.FLAGS(["eval", f"--workdir={finished}", "--splits=validation", "--max_tokens=200"])
+  try:
+    with pytest.raises(SystemExit) as e:
+      eval_cmd.main(["eval"])
+  finally:
+    flags.FLAGS.unparse_flags()
+  out, err = capsys.readouterr()
+  assert e.value.code == 3
+  assert "validation" in out and "loss" in out  # the table came first
+  assert err.count("\n") == 1 and "eval/4.json: Read-only file system" in err
+  assert "--output_dir" in err
+  assert not os.path.exists(os.path.join(finished, "eval", "4.json"))
+  # A real read-only mount, where this machine allows it.
+  ro = str(tmp_path / "ro")
+  os.makedirs(ro)
+  mounted = subprocess.run(["mount", "--bind", "-o", "ro", finished, ro], capture_output=True,
+                           check=False).returncode == 0
+  if mounted:
+    subprocess.run(["mount", "-o", "remount,bind,ro", ro], check=False)
+    try:
+      proc = _eval(f"--workdir={ro}", "--splits=validation", "--max_tokens=200")
+      assert proc.returncode == 3, proc.stderr[-2000:]
+      assert "validation" in proc.stdout and "Read-only file system" in proc.stderr
+      assert "Given directory is read only" not in proc.stderr
+      written = tmp_path / "out"
+      proc = _eval(f"--workdir={ro}", "--splits=validation", "--max_tokens=200",
+                   f"--output_dir={written}")
+      assert proc.returncode == 0 and (written / "4.json").exists(), proc.stderr[-2000:]
+    finally:
+      subprocess.run(["umount", "-l", ro], check=False)
+
+
+def test_benchmarks_offline_fail_fast_naming_the_data_set(finished, tmp_path, monkeypatch):
+  pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -e '.[eval]')")
+  import datasets.config
+  from mambaswelu_jax import lm_eval_adapter, restore
+  from mambaswelu_jax.data.sources import DataError
+  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+  monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "empty_cache")
+  monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+  run = restore.load_run(finished)
+  start = time.perf_counter()
+  with pytest.raises(DataError) as e:
+    lm_eval_adapter.run_benchmarks(run, ["lambada_openai"], limit=2)
+  assert time.perf_counter() - start < 60
+  message = str(e.value)
+  assert "EleutherAI/lambada_openai" in message and "HF_DATASETS_OFFLINE is set" in message
+  assert "--benchmark_tasks_dir" in message and "datasets cache" in message
+  assert "\n" not in message
+
+
+# --- 7, 8. a validation-only download, a config from anywhere, --help --------------------
+
+
+def test_validation_only_download_is_accepted(tmp_path, capsys):
+  from mambaswelu_jax.data import sources, testing
+  root = str(tmp_path / "sp")
+  testing.write_slimpajama(root)
+  import shutil
+  shutil.rmtree(os.path.join(root, "train"))
+  sources.main(["--source=slimpajama", f"--data_dir={root}", "--splits=validation"])
+  assert "validation" in capsys.readouterr().out
+  with pytest.raises(SystemExit) as e:
+    sources.main(["--source=slimpajama", f"--data_dir={root}", "--splits=train,validation"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "train split" in err
+
+
+def test_config_from_anywhere_and_help(tmp_path):
+  outside = tmp_path / "elsewhere.py"
+  outside.write_text("from configs import demo\n\ndef get_config(arg=None):\n"
+                     "  return demo.get_config(arg)\n")
+  proc = subprocess.run([sys.executable, "-m", "mambaswelu_jax.summary",
+                         f"--config={outside}:tiny"], cwd=str(tmp_path), env=_env(),
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0 and "total_parameters" in proc.stdout, proc.stderr[-2000:]
+  proc = subprocess.run([sys.executable, "-m", "mambaswelu_jax.main", "--help"],
+                        cwd=str(tmp_path), env=_env(), capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert proc.returncode == 0 and "--workdir" in proc.stdout and "take_over_lock" in proc.stdout
