@@ -123,16 +123,22 @@ class _OwnInfoOnly:
 
 def _quiet_closed_loop_errors() -> None:
   """A failed asynchronous Orbax write (a full disk) leaves tensorstore callbacks that
-  find their event loop closed; they print a traceback each through sys.excepthook.
+  find their event loop closed; they print a traceback each (as unraisable errors).
   Those say nothing the trainer's own error line does not: drop them."""
-  previous = sys.excepthook
+  previous, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+  def closed_loop(value) -> bool:
+    return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
 
   def hook(kind, value, tb):
-    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
-      return
-    previous(kind, value, tb)
+    if not closed_loop(value):
+      previous(kind, value, tb)
 
-  sys.excepthook = hook
+  def unraisable(info):
+    if not closed_loop(info.exc_value):
+      previous_unraisable(info)
+
+  sys.excepthook, sys.unraisablehook = hook, unraisable
 
 
 def maybe_initialize_distributed() -> None:

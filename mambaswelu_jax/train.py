@@ -223,6 +223,8 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
 
   # The save's checksum function compiles now, not in a stop's grace period.
   checkpointing.state_checksums(state)
+  if is_main:
+    _warn_if_disk_too_small(workdir, state)
 
   flops = float(flops_per_token(config.model, int(config.data.seq_len))["training"])
   peak, peak_source = metrics_lib.peak_tflops(devices[0], len(mesh.local_devices),
@@ -340,6 +342,20 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
                 f"{saved[-1] if saved else 'none'}")
   return TrainResult(step=step, final_metrics=final_eval,
                      state=state, summary=summary, stop_signal=int(stop_signal))
+
+
+def _warn_if_disk_too_small(workdir: str, state) -> None:
+  """One warning when the workdir's filesystem cannot hold one more checkpoint (its
+  saves would fail: the run still goes on, as checkpoint.on_write_error says)."""
+  need = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
+  try:
+    free = shutil.disk_usage(workdir).free
+  except OSError:
+    return
+  if free < need:
+    log.warning("%s has %.1f MB free; one checkpoint of this run needs about %.1f MB: "
+                "its checkpoints will fail until space is freed", workdir, free / 1e6,
+                need / 1e6)
 
 
 def _already_complete(config, workdir: str) -> TrainResult | None:
