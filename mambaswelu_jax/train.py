@@ -148,6 +148,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                      process_count=jax.process_count())
   accum = config_validation.check_batch(config, len(devices), jax.process_count())
   checkpointing.check_workdir(workdir)
+  lock = None
+  if is_main:  # a workdir in use is refused first (taken below, once the checks pass)
+    lock = layout.WorkdirLock(workdir, take_over=take_over_lock, stale_s=lock_stale_s,
+                              command=" ".join(sys.argv))
+    lock.check()
   resuming = checkpointing.check_config(workdir, config)
   if resuming and layout.steps(workdir):  # the stored shapes, before anything is built
     checkpointing.check_state_matches(workdir, abstract_train_state(config))
@@ -158,10 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- One trainer per workdir: the lock (refused: nothing written).
   existed = os.path.isdir(workdir)
-  lock = None
-  if is_main:
-    lock = layout.WorkdirLock(workdir, take_over=take_over_lock, stale_s=lock_stale_s,
-                              command=" ".join(sys.argv))
+  if lock is not None:
     try:
       lock.acquire()
     except OSError as e:

@@ -266,6 +266,21 @@ class WorkdirLock:
     return (f"pid {holder.get('pid')} on host {holder.get('host')} (started {started}, "
             f"heartbeat {age:.0f} s ago)")
 
+  def check(self) -> None:
+    """Refuses (WorkdirLocked) when a live trainer holds the workdir; writes nothing
+    (the first check of a run, before its config is compared)."""
+    holder = read_lock(self.workdir)
+    if holder is not None and not self.take_over and lock_is_stale(
+        holder, stale_s=self.stale_s) is None:
+      raise WorkdirLocked(self._refusal(holder))
+
+  def _refusal(self, holder: dict) -> str:
+    return (f"--workdir={self.workdir} is in use by another trainer: {self.describe(holder)} "
+            f"(lock {self.path}). Wait for it or stop it; if it is gone (e.g. a job killed "
+            f"on another host), rerun with --take_over_lock (a lock of this host whose "
+            f"process is gone, or of another host silent for {self.stale_s:.0f} s, is "
+            f"taken over automatically).")
+
   def acquire(self) -> None:
     """Takes the lock, creating the workdir if needed; WorkdirLocked when another live
     trainer holds it. A new workdir made here and refused is not left behind."""
@@ -282,12 +297,7 @@ class WorkdirLock:
           holder = read_lock(self.workdir) or {"host": "?", "pid": 0, "heartbeat": 0}
         why = "--take_over_lock was given" if self.take_over else lock_is_stale(holder, stale_s=self.stale_s)
         if why is None:
-          raise WorkdirLocked(
-              f"--workdir={self.workdir} is in use by another trainer: {self.describe(holder)} "
-              f"(lock {self.path}). Wait for it or stop it; if it is gone (e.g. a job killed "
-              f"on another host), rerun with --take_over_lock (a lock of this host whose "
-              f"process is gone, or of another host silent for {self.stale_s:.0f} s, is "
-              f"taken over automatically).")
+          raise WorkdirLocked(self._refusal(holder))
         self._write(data)
         if (read_lock(self.workdir) or {}).get("token") != self.record["token"]:
           continue  # another trainer replaced it at the same moment: look again

@@ -473,3 +473,20 @@ def test_config_from_anywhere_and_help(tmp_path):
                         cwd=str(tmp_path), env=_env(), capture_output=True, text=True,
                         timeout=300, check=False)
   assert proc.returncode == 0 and "--workdir" in proc.stdout and "take_over_lock" in proc.stdout
+
+
+def test_lock_is_checked_before_the_config(finished, tokenizer_path, tmp_path):
+  """A second trainer with another config hears about the lock, not the config."""
+  import shutil
+  w = str(tmp_path / "w")
+  shutil.copytree(finished, w)
+  sleeper = subprocess.Popen(["sleep", "60"])
+  try:
+    _lock(w, pid=sleeper.pid, pid_start=layout._process_start(sleeper.pid))  # pylint: disable=protected-access
+    before = _files(w)
+    with pytest.raises(layout.WorkdirLocked, match=f"pid {sleeper.pid}"):
+      train.train_and_evaluate(tiny(tokenizer_path, train__num_steps=16), w)
+    assert _files(w) == before
+  finally:
+    sleeper.kill()
+    sleeper.wait()
