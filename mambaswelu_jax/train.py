@@ -331,7 +331,9 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
       data_order.close()
     if writer is not None:
       writer.close()
-    faults.close(step, must_succeed=bool(stop_signal) or step >= num_steps)
+    # (not while an error propagates: it, not the missing last step, is the news)
+    faults.close(step, must_succeed=(bool(stop_signal) or step >= num_steps)
+                 and sys.exc_info()[0] is None)
   elapsed = time.perf_counter() - run_start
   log.info("done at step %d in %s", step, _fmt_time(elapsed))
   summary = _summary(workdir, step, num_steps, elapsed, stop_signal, first_loss, final_eval,
