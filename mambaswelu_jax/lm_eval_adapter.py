@@ -347,21 +347,32 @@ def _datasets_of(manager, tasks) -> dict[str, str]:
   return out
 
 
-def _go_offline() -> None:
+def _go_offline():
   """What HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 would have done, for libraries that read
-  those variables when imported: no retries against an unreachable Hub."""
-  os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
-  try:
-    import huggingface_hub.constants as hub  # pylint: disable=import-outside-toplevel
-    hub.HF_HUB_OFFLINE = True
-  except (ImportError, AttributeError):
-    pass
-  try:
-    import datasets.config as dsc  # pylint: disable=import-outside-toplevel
-    dsc.HF_DATASETS_OFFLINE = True
-    dsc.HF_HUB_OFFLINE = True
-  except (ImportError, AttributeError):
-    pass
+  those variables when imported: no retries against an unreachable Hub. Returns a
+  function that puts everything back."""
+  undo = []
+  for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+    old = os.environ.get(var)
+    undo.append(lambda var=var, old=old: os.environ.pop(var, None) if old is None
+                else os.environ.__setitem__(var, old))
+    os.environ[var] = "1"
+  for module, names in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+                        ("datasets.config", ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))):
+    try:
+      import importlib  # pylint: disable=import-outside-toplevel
+      mod = importlib.import_module(module)
+    except ImportError:
+      continue
+    for name in names:
+      if hasattr(mod, name):
+        undo.append(lambda mod=mod, name=name, old=getattr(mod, name): setattr(mod, name, old))
+        setattr(mod, name, True)
+
+  def restore():
+    for fn in reversed(undo):
+      fn()
+  return restore
 
 
 def run_benchmarks(run, tasks: list[str], *, limit: int | None = None, batch_size: int = 16,
@@ -390,8 +401,7 @@ def run_benchmarks(run, tasks: list[str], *, limit: int | None = None, batch_siz
   # fast naming them instead of retrying the Hub for minutes.
   offline = offline_reason()
   hub_sets = _datasets_of(manager, tasks) if offline else {}
-  if offline:
-    _go_offline()
+  back_online = _go_offline() if offline else (lambda: None)
   # lm-eval bootstraps in a multiprocessing pool unless told not to; forking a process
   # that runs JAX can hang, so the resamples run here, serially (seeded: reproducible).
   old = os.environ.get("DISABLE_MULTIPROC")
@@ -411,6 +421,7 @@ def run_benchmarks(run, tasks: list[str], *, limit: int | None = None, batch_siz
         f"local task YAMLs (docs/evaluation.md), or download the data sets once with "
         f"network (they stay in the datasets cache, HF_DATASETS_CACHE) and rerun.") from e
   finally:
+    back_online()
     if old is None:
       os.environ.pop("DISABLE_MULTIPROC", None)
     else:
