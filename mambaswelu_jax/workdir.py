@@ -245,11 +245,12 @@ class WorkdirLock:
   thread notices when another trainer took the lock over (`lost`)."""
 
   def __init__(self, workdir: str, *, take_over: bool = False, stale_s: float = LOCK_STALE_S,
-               heartbeat_s: float = LOCK_HEARTBEAT_S, command: str = ""):
+               heartbeat_s: float | None = None, command: str = ""):
     import time  # pylint: disable=import-outside-toplevel
     import uuid  # pylint: disable=import-outside-toplevel
     self.workdir, self.path = workdir, os.path.join(workdir, LOCK)
-    self.take_over, self.stale_s, self.heartbeat_s = take_over, stale_s, heartbeat_s
+    self.take_over, self.stale_s = take_over, stale_s
+    self.heartbeat_s = LOCK_HEARTBEAT_S if heartbeat_s is None else heartbeat_s
     now = time.time()
     self.record = {"host": _host(), "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
                    "started": now, "heartbeat": now, "token": uuid.uuid4().hex,

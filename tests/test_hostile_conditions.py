@@ -490,3 +490,37 @@ def test_lock_is_checked_before_the_config(finished, tokenizer_path, tmp_path):
   finally:
     sleeper.kill()
     sleeper.wait()
+
+
+def test_a_trainer_whose_lock_was_taken_over_stops_writing(tokenizer_path, tmp_path,
+                                                           monkeypatch):
+  """Another trainer takes the lock over mid-run (--take_over_lock elsewhere): this one
+  notices at its next heartbeat and stops at the next step, exit 5, saving nothing."""
+  from mambaswelu_jax import fault_tolerance
+  monkeypatch.setattr(layout, "LOCK_HEARTBEAT_S", 0.05)
+  workdir = str(tmp_path / "w")
+  real_make = train.make_train_step
+
+  def make(*args, **kwargs):
+    step_fn = real_make(*args, **kwargs)
+    calls = {"n": 0}
+
+    def step(*a):
+      calls["n"] += 1
+      if calls["n"] == 3:
+        _lock(workdir, host="elsewhere")
+      if calls["n"] >= 3:
+        time.sleep(0.2)
+      return step_fn(*a)
+    step.jitted = step_fn.jitted
+    return step
+
+  monkeypatch.setattr(train, "make_train_step", make)
+  config = tiny(tokenizer_path, train__num_steps=40, train__log_every_steps=1,
+                checkpoint__every_steps=20, checkpoint__snapshot_every_steps=0,
+                eval__every_steps=0, eval__sample_tokens=0)
+  with pytest.raises(fault_tolerance.TrainingStopped, match="took this workdir over") as e:
+    train.train_and_evaluate(config, workdir)
+  assert e.value.exit_code == train.LOCK_LOST_EXIT_CODE == 5
+  assert layout.steps(workdir) == []
+  assert layout.read_lock(workdir)["host"] == "elsewhere"  # the new holder's lock stays
