@@ -177,7 +177,7 @@ class AppendFile:
 # One workdir, one trainer: DIR/trainer.lock.
 # ----------------------------------------------------------------------------
 
-# The holder rewrites the lock's heartbeat every LOCK_HEARTBEAT_S seconds; a lock of
+# The holder touches the lock (its heartbeat) every LOCK_HEARTBEAT_S seconds; a lock of
 # another host whose heartbeat is older than LOCK_STALE_S is stale (its trainer is gone).
 LOCK_HEARTBEAT_S = 15.0
 LOCK_STALE_S = 120.0
@@ -213,10 +213,15 @@ def _pid_alive(pid: int, start: str | None) -> bool:
 
 
 def read_lock(workdir: str) -> dict | None:
+  """The lock's record, with "beat": the newest of its heartbeat field and the file's
+  modification time (the holder touches the file to beat)."""
+  path = os.path.join(workdir, LOCK)
   try:
-    with open(os.path.join(workdir, LOCK), encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError):
+    with open(path, encoding="utf-8") as f:
+      record = json.load(f)
+    record["beat"] = max(float(record.get("heartbeat", 0)), os.stat(path).st_mtime)
+    return record
+  except (OSError, ValueError, TypeError, AttributeError):
     return None
 
 
@@ -227,7 +232,7 @@ def lock_is_stale(holder: dict, now: float | None = None, stale_s: float = LOCK_
   another host, its heartbeat is older than `stale_s` seconds."""
   import time  # pylint: disable=import-outside-toplevel
   now = time.time() if now is None else now
-  age = now - float(holder.get("heartbeat", 0))
+  age = now - float(holder.get("beat", holder.get("heartbeat", 0)))
   if holder.get("host") == _host():
     if not _pid_alive(int(holder.get("pid", 0)), holder.get("pid_start")):
       return f"process {holder.get('pid')} on this host is gone"
@@ -239,8 +244,8 @@ def lock_is_stale(holder: dict, now: float | None = None, stale_s: float = LOCK_
 
 class WorkdirLock:
   """Held by the trainer for its lifetime: DIR/trainer.lock, a JSON file with the
-  holder's host, pid, start time and a heartbeat a daemon thread rewrites every
-  LOCK_HEARTBEAT_S seconds (atomically). A second trainer is refused (WorkdirLocked)
+  holder's host, pid and start time, whose modification time a daemon thread
+  refreshes every LOCK_HEARTBEAT_S seconds (the heartbeat). A second trainer is refused (WorkdirLocked)
   unless the lock is stale (`lock_is_stale`) or `take_over` is set. The heartbeat
   thread notices when another trainer took the lock over (`lost`)."""
 
@@ -263,7 +268,7 @@ class WorkdirLock:
   def describe(self, holder: dict) -> str:
     import time  # pylint: disable=import-outside-toplevel
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(holder.get("started", 0))))
-    age = time.time() - float(holder.get("heartbeat", 0))
+    age = time.time() - float(holder.get("beat", holder.get("heartbeat", 0)))
     return (f"pid {holder.get('pid')} on host {holder.get('host')} (started {started}, "
             f"heartbeat {age:.0f} s ago)")
 
@@ -328,17 +333,17 @@ class WorkdirLock:
     self._thread.start()
 
   def _beat(self) -> None:
-    import time  # pylint: disable=import-outside-toplevel
+    # The beat touches the file (its mtime) and never rewrites it: a trainer taking the
+    # lock over replaces the file, and a beat racing with that cannot undo it.
     while not self._stop.wait(self.heartbeat_s):
       holder = read_lock(self.workdir)
       if holder is not None and holder.get("token") != self.record["token"]:
         self.lost = holder
         return
-      self.record["heartbeat"] = time.time()
       try:
-        self._write(json.dumps(self.record, sort_keys=True) + "\n")
+        os.utime(self.path)
       except OSError:
-        pass  # a full disk: the next beat tries again (the old heartbeat ages meanwhile)
+        pass  # gone or unreachable for a moment: the next beat tries again
 
   def release(self) -> None:
     if self._stop is not None:

@@ -193,8 +193,10 @@ def _lock(workdir, **fields):
   os.makedirs(workdir, exist_ok=True)
   record = {"host": layout._host(), "pid": os.getpid(), "started": time.time(),  # pylint: disable=protected-access
             "heartbeat": time.time(), "token": "other", **fields}
-  with open(os.path.join(workdir, layout.LOCK), "w", encoding="utf-8") as f:
+  path = os.path.join(workdir, layout.LOCK)
+  with open(path, "w", encoding="utf-8") as f:
     json.dump(record, f)
+  os.utime(path, (record["heartbeat"], record["heartbeat"]))  # the holder's last beat
 
 
 def test_workdir_lock_refuses_a_live_holder_and_takes_a_stale_one(tmp_path):
@@ -236,9 +238,9 @@ def test_workdir_lock_heartbeat_and_takeover_noticed(tmp_path):
   w = str(tmp_path / "w")
   lock = layout.WorkdirLock(w, heartbeat_s=0.05)
   lock.acquire()
-  first = layout.read_lock(w)["heartbeat"]
+  first = layout.read_lock(w)["beat"]
   time.sleep(0.3)
-  assert layout.read_lock(w)["heartbeat"] > first and lock.lost is None
+  assert layout.read_lock(w)["beat"] > first and lock.lost is None
   _lock(w, host="elsewhere")  # another trainer took it over
   time.sleep(0.3)
   assert lock.lost is not None and lock.lost["host"] == "elsewhere"
