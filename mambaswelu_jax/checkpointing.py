@@ -13,7 +13,8 @@ Workdir layout::
   DIR/final/<step>/params/     params at the end of training
   DIR/unrestorable_checkpoints/step_<N>.<UTC time>/
                                a checkpoint that did not restore, moved aside by the
-                               trainer (its step is saved again when training reaches it)
+                               trainer (training resumes from an older checkpoint and
+                               saves on its cadence again)
 
 Saves are asynchronous: the train state is copied off the device before
 `save` returns and written in the background; the data-iterator state is
@@ -102,18 +103,23 @@ def _finite(x):
   return jnp.bool_(True)
 
 
-def _checksums_and_finite(tree):
+def _checksum_leaves(t):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  leaves = jax.tree.leaves(t)
+  sums = [_leaf_checksum(x) for x in leaves]
+  finite = [_finite(x) for x in leaves]
+  return sums, (jnp.all(jnp.stack(finite)) if finite else jnp.bool_(True)), finite
 
-  @jax.jit
-  def fn(t):
-    leaves = jax.tree.leaves(t)
-    sums = [_leaf_checksum(x) for x in leaves]
-    finite = [_finite(x) for x in leaves]
-    return sums, (jnp.all(jnp.stack(finite)) if finite else jnp.bool_(True)), finite
 
-  sums, all_finite, finite = jax.device_get(fn(tree))
+_CHECKSUMS_JIT = []  # one jitted function for the process: compiled once per tree shape
+
+
+def _checksums_and_finite(tree):
+  import jax  # pylint: disable=import-outside-toplevel
+  if not _CHECKSUMS_JIT:
+    _CHECKSUMS_JIT.append(jax.jit(_checksum_leaves))
+  sums, all_finite, finite = jax.device_get(_CHECKSUMS_JIT[0](tree))
   paths = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
   bad = [p for p, f in zip(paths, finite) if not bool(f)]
   return {p: int(c) for p, c in zip(paths, sums)}, bool(all_finite), bad
@@ -257,6 +263,36 @@ def _shapes_by_path(tree) -> dict[tuple, tuple]:
   return out
 
 
+class _DropOrbaxNotes:
+  """A logging filter for Orbax's warnings that say nothing to a user: reading a
+  composite checkpoint's item metadata looks for a _CHECKPOINT_METADATA file only the
+  step directory has, and a read-only manager announces itself."""
+
+  NOTES = ("Given directory is read only", "Metadata file does not exist")
+
+  def filter(self, record):
+    return not str(record.msg).startswith(self.NOTES)
+
+
+def quiet_orbax_notes():
+  """Context manager: Orbax's notes (_DropOrbaxNotes) are not logged inside it."""
+  import contextlib  # pylint: disable=import-outside-toplevel
+  import logging as std_logging  # pylint: disable=import-outside-toplevel
+
+  @contextlib.contextmanager
+  def ctx():
+    note = _DropOrbaxNotes()
+    loggers = [std_logging.getLogger("absl"), std_logging.getLogger()]
+    for lg in loggers:
+      lg.addFilter(note)
+    try:
+      yield
+    finally:
+      for lg in loggers:
+        lg.removeFilter(note)
+  return ctx()
+
+
 def check_state_matches(workdir: str, abstract_state: Any) -> None:
   """Refuses (WorkdirConfigMismatch, nothing written) when the stored checkpoints hold a
   state of another structure, shape or dtype than `abstract_state`: such a config
@@ -269,7 +305,8 @@ def check_state_matches(workdir: str, abstract_state: Any) -> None:
   for step in reversed(layout.steps(workdir)):
     where = os.path.join(workdir, layout.CHECKPOINTS, str(step))
     try:
-      stored = ocp.StandardCheckpointer().metadata(os.path.join(where, "state"))
+      with quiet_orbax_notes():
+        stored = ocp.StandardCheckpointer().metadata(os.path.join(where, "state"))
       have = _shapes_by_path(getattr(stored, "item_metadata", stored))
     except Exception:  # pylint: disable=broad-except
       continue
@@ -323,11 +360,13 @@ class Checkpoints:
         os.path.join(os.path.abspath(workdir), layout.CHECKPOINTS),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=int(ckpt_config.max_to_keep), create=True,
+            cleanup_tmp_directories=is_main,
             enable_async_checkpointing=async_save, multiprocessing_options=mp("states")),
         item_names=("state", "data", "meta"))
     self.snapshots = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), layout.SNAPSHOTS),
         options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
+                                             cleanup_tmp_directories=is_main,
                                              enable_async_checkpointing=async_save,
                                              multiprocessing_options=mp("snapshots")),
         item_names=("params", "meta"))
@@ -480,15 +519,44 @@ class Checkpoints:
       return
     source = _step_dir(self.states.directory, step)
     aside = os.path.join(self.workdir, layout.UNRESTORABLE)
-    os.makedirs(aside, exist_ok=True)
     target = os.path.join(aside, f"step_{step}." + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
     try:
+      os.makedirs(aside, exist_ok=True)
       shutil.move(source, target)
     except OSError as e:
       log.warning("could not move %s aside: %s", source, e)
       return
-    log.warning("moved %s to %s (kept for inspection; step %d is saved again when training "
-                "reaches it)", source, target, step)
+    log.warning("moved %s to %s (kept for inspection; training resumes from an older "
+                "checkpoint and saves again every checkpoint.every_steps; step %d itself is "
+                "saved again only if it falls on that cadence or the run stops there)",
+                source, target, step)
+
+  def discard_partial(self) -> list[str]:
+    """After a failed write: waits for the saves in flight (their errors are already
+    reported), then removes the temporary directories of unfinished checkpoints
+    (`<step>.orbax-checkpoint-tmp*`), which a full disk needs back. Returns them."""
+    for m in self._managers():
+      try:
+        m.wait_until_finished()
+      except Exception:  # pylint: disable=broad-except
+        pass
+    removed = []
+    if not self.is_main:
+      return removed
+    for m in self._managers():
+      directory = str(m.directory)
+      try:
+        names = os.listdir(directory)
+      except OSError:
+        continue
+      for name in names:
+        if ".orbax-checkpoint-tmp" in name:
+          path = os.path.join(directory, name)
+          shutil.rmtree(path, ignore_errors=True)
+          removed.append(path)
+    if removed:
+      log.warning("removed the unfinished checkpoint(s) %s", ", ".join(removed))
+    return removed
 
   def reached_preemption(self, step: int) -> bool:
     return bool(self.states.reached_preemption(step))
@@ -526,6 +594,11 @@ def restore_params(workdir: str, abstract_params: Any, step: int | None = None,
   kind: "final", "snapshots", "checkpoints", or "auto" (final, else the newest
   full checkpoint, else the newest snapshot).
   """
+  with quiet_orbax_notes():
+    return _restore_params(workdir, abstract_params, step, kind)
+
+
+def _restore_params(workdir, abstract_params, step, kind) -> tuple[int, Any]:
   import jax  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -539,8 +612,9 @@ def restore_params(workdir: str, abstract_params: Any, step: int | None = None,
     if not os.path.isdir(directory):
       continue
     item = "state" if k == "checkpoints" else "params"
-    mngr = ocp.CheckpointManager(directory, item_names=(item, "meta"),
-                                 options=ocp.CheckpointManagerOptions(read_only=True))
+    with quiet_orbax_notes():
+      mngr = ocp.CheckpointManager(directory, item_names=(item, "meta"),
+                                   options=ocp.CheckpointManagerOptions(read_only=True))
     s = step if step is not None else mngr.latest_step()
     if s is None or s not in mngr.all_steps():
       mngr.close()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
+import sys
 from typing import Any
 
 import ml_collections
@@ -305,3 +307,21 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if not same:
       out.append(f"{key}: {a!r} -> {b!r}")
   return out
+
+
+def make_configs_importable(argv) -> None:
+  """Lets a config file load from anywhere: config files import `configs.*` (the
+  checkout's configs/ package, not installed with the library), so the checkout that
+  holds this package is put on sys.path (last), and so is the folder above a config
+  file's own `configs/` folder (a copy of configs/ elsewhere)."""
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  roots = [here] if os.path.isdir(os.path.join(here, "configs")) else []
+  for arg in argv[1:]:
+    if arg.startswith("--config="):
+      path = os.path.abspath(os.path.expanduser(arg.split("=", 1)[1].split(":", 1)[0]))
+      folder = os.path.dirname(path)
+      if os.path.basename(folder) == "configs":
+        roots.insert(0, os.path.dirname(folder))
+  for root in roots:
+    if root not in sys.path:
+      sys.path.append(root)

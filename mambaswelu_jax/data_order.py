@@ -4,18 +4,23 @@ One line per step, {"step", "sha"}: a hash of the batch this process trained on
 (inputs and targets). Cheap (one short write per step), it lets a test or a person
 check that a resumed run saw exactly the batches of an uninterrupted one: after a
 crash the steps since the last checkpoint are recorded again, each with the hash it
-had before. Process i > 0 writes data_order.<i>.jsonl.
+had before. Process i > 0 writes data_order.<i>.jsonl. The lines are kept in memory
+and written at each checkpoint (`flush`) through `workdir.AppendFile`: on a full disk
+they stay in memory and are written when there is room again; the run goes on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 
 import numpy as np
 
 from mambaswelu_jax import workdir as layout
+
+log = logging.getLogger("mambaswelu_jax.data_order")
 
 
 class DataOrderLog:
@@ -23,13 +28,10 @@ class DataOrderLog:
   def __init__(self, workdir: str, start_step: int, process_index: int = 0):
     name = layout.DATA_ORDER if process_index == 0 else f"data_order.{process_index}.jsonl"
     self.path = os.path.join(workdir, name)
-    torn = (os.path.exists(self.path) and os.path.getsize(self.path) > 0
-            and not layout.ends_with_newline(self.path))
-    self._f = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
-    if torn:
-      self._f.write("\n")
+    self._f = layout.AppendFile(self.path, on_error=lambda m: log.warning("data order: %s", m))
+    self._lines: list[str] = []
     if start_step:
-      self._f.write(json.dumps({"resumed_at": int(start_step)}) + "\n")
+      self._lines.append(json.dumps({"resumed_at": int(start_step)}) + "\n")
 
   def record(self, step: int, arrays: dict) -> None:
     h = hashlib.blake2b(digest_size=8)
@@ -38,13 +40,19 @@ class DataOrderLog:
       h.update(k.encode())
       h.update(str(a.shape).encode())
       h.update(a.tobytes())
-    self._f.write(f'{{"step": {int(step)}, "sha": "{h.hexdigest()}"}}\n')
+    self._lines.append(f'{{"step": {int(step)}, "sha": "{h.hexdigest()}"}}\n')
+    if len(self._lines) >= 1000:
+      self.flush()
 
   def flush(self) -> None:
-    self._f.flush()
+    self._f.append("".join(self._lines))
+    self._lines = []
 
   def close(self) -> None:
-    self._f.close()
+    self.flush()
+    if not self._f.close():
+      log.warning("data order: %d byte(s) of %s could not be written (full disk?)",
+                  len(self._f.pending), self.path)
 
 
 def read_data_order(path: str) -> dict[int, list[str]]:

@@ -13,7 +13,9 @@ The figures (`mambaswelu_jax.evaluation`): loss, perplexity and bits per byte ov
 split, overall and per text type, with the token and byte counts beside each; with
 `--benchmarks`, lm-eval's tasks through `mambaswelu_jax.lm_eval_adapter`. Results go
 to `DIR/eval/<step>.json` (merged with what an earlier call wrote, so benchmarks and
-perplexities can be computed separately) and a table is printed.
+perplexities can be computed separately) and a table is printed. Exit status: 0; 2 a
+bad argument, workdir, step or benchmark data (one line); 3 the table was printed but
+a result file could not be written (read-only or full workdir: use --output_dir).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ import sys
 
 from mambaswelu_jax import evaluation
 from mambaswelu_jax import restore
+
+# Exit status when the figures were computed and printed but their result file could not
+# be written (a read-only or full workdir): rerun with --output_dir.
+RESULTS_NOT_WRITTEN_EXIT_CODE = 3
 
 
 def define_flags():
@@ -62,7 +68,12 @@ def main(argv):
   except (restore.RunError, DataError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(evaluation.format_report(results, f.output_dir))
+  print(evaluation.format_report(results, f.output_dir), flush=True)
+  failed = evaluation.unwritten(results)
+  if failed:
+    print(f"error: the results above could not be saved ({'; '.join(failed)}); rerun with "
+          f"--output_dir=<a writable folder> to keep them", file=sys.stderr)
+    sys.exit(RESULTS_NOT_WRITTEN_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -158,7 +158,8 @@ def format_report(results: Sequence[dict], output_dir: str = "") -> str:
   """What the command prints: the table, then the file each step's results are in."""
   out = os.path.abspath(output_dir) if output_dir else ""
   return "\n".join([format_table(results)] + [
-      f"results: {results_path(r['workdir'], r['step'], out)}" for r in results])
+      f"results: {results_path(r['workdir'], r['step'], out)}" for r in results
+      if not r.get("not_written")])
 
 
 def evaluate_run(workdir: str, step: str | int = "latest", *, splits=("validation", "test"),
@@ -177,7 +178,7 @@ def evaluate_run(workdir: str, step: str | int = "latest", *, splits=("validatio
   source = None
   if splits:
     from mambaswelu_jax.data import sources  # pylint: disable=import-outside-toplevel
-    source = sources.make_source(config.data)
+    source = sources.make_source(config.data, splits=list(splits))
   out = []
   for s in step_numbers:
     done = _stored(results_path(workdir, s, output_dir)) if skip_done else {}
@@ -210,6 +211,16 @@ def evaluate_run(workdir: str, step: str | int = "latest", *, splits=("validatio
         warning = truncation_warning(f"step {run.step} {task}", metrics.get("truncation"))
         if warning:
           log(warning)
-    merged = write_results(results_path(workdir, run.step, output_dir), result)
+    path = results_path(workdir, run.step, output_dir)
+    try:
+      merged = write_results(path, result)
+    except OSError as e:  # a read-only or full workdir: the figures are still reported
+      merged = {**_stored(path), **result, "not_written": f"{path}: {e.strerror or e}"}
     out.append(merged)
   return out
+
+
+def unwritten(results: Sequence[dict]) -> list[str]:
+  """The result files that could not be written ('path: reason'), for the command's
+  closing line."""
+  return [r["not_written"] for r in results if r.get("not_written")]

@@ -155,20 +155,34 @@ class FaultPolicy:
 
   def close(self, step: int, must_succeed: bool) -> None:
     """Waits for pending writes; a failure stops the run when the last checkpoint
-    matters (`must_succeed`: the run ended or was stopped) or on_write_error="stop"."""
+    matters (`must_succeed`: the run ended or was stopped: step `step` must be on disk,
+    as a full checkpoint or the final params, whatever on_write_error says) or
+    on_write_error="stop"."""
     try:
       self.ckpts.close()
     except checkpointing.CheckpointWriteError as e:
       self.counters["checkpoint_write_errors"] += 1
       log.error("a pending checkpoint write failed; earlier checkpoints are intact: %s", e)
+      self.ckpts.discard_partial()
       if must_succeed or self.ckpt_cfg.on_write_error == "stop":
         raise TrainingStopped(f"the last checkpoint write failed: {e}\nThe checkpoints "
                               f"already written are intact: rerun the same command to "
                               f"resume.", WRITE_ERROR_EXIT_CODE) from e
+    if must_succeed and self.counters["checkpoint_write_errors"]:
+      from mambaswelu_jax import workdir as layout  # pylint: disable=import-outside-toplevel
+      saved = layout.steps(self.ckpts.workdir)
+      if step not in saved and step not in layout.steps(self.ckpts.workdir, layout.FINAL):
+        raise TrainingStopped(
+            f"step {step}: neither its checkpoint nor its final params could be written "
+            f"({int(self.counters['checkpoint_write_errors'])} failed write(s), see "
+            f"{layout.TRAIN_LOG}); newest checkpoint: "
+            f"{saved[-1] if saved else 'none'}. Free space (or fix the error) and rerun "
+            f"the same command to resume from it.", WRITE_ERROR_EXIT_CODE)
 
   def write_error(self, step: int, error: Exception, what: str) -> None:
     self.counters["checkpoint_write_errors"] += 1
     log.error("step %d: %s failed; earlier checkpoints are intact: %s", step, what, error)
+    self.ckpts.discard_partial()  # a full disk needs the half-written one's space back
     if self.ckpt_cfg.on_write_error == "stop":
       raise TrainingStopped(f"step {step}: {what} failed: {error}\nThe checkpoints already "
                             f"written are intact: free space (or fix the error) and rerun the "

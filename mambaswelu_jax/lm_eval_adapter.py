@@ -314,6 +314,67 @@ def _progress(total: int, desc: str, disable: bool):
   return step
 
 
+_TRUE = ("1", "true", "yes", "on")
+
+
+def offline_reason(timeout_s: float = 3.0) -> str | None:
+  """Why the Hugging Face Hub cannot be reached (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE
+  set, or no connection to it within `timeout_s`), or None when it can."""
+  for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+    if os.environ.get(var, "").strip().lower() in _TRUE:
+      return f"{var} is set"
+  import socket  # pylint: disable=import-outside-toplevel
+  from urllib.parse import urlparse  # pylint: disable=import-outside-toplevel
+  url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+  host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+  try:
+    socket.create_connection((host, port), timeout=timeout_s).close()
+  except OSError as e:
+    return f"{host}:{port} cannot be reached ({e.strerror or e})"
+  return None
+
+
+def _datasets_of(manager, tasks) -> dict[str, str]:
+  """{task: the Hub data set it reads} for the tasks lm-eval's index describes."""
+  out = {}
+  index = getattr(manager, "task_index", None) or {}
+  for task in tasks:
+    entry = index.get(task)
+    cfg = getattr(entry, "cfg", None) or (entry.get("cfg") if isinstance(entry, dict) else None)
+    if isinstance(cfg, dict) and cfg.get("dataset_path"):
+      name = cfg.get("dataset_name")
+      out[task] = cfg["dataset_path"] + (f" ({name})" if name and name != "default" else "")
+  return out
+
+
+def _go_offline():
+  """What HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 would have done, for libraries that read
+  those variables when imported: no retries against an unreachable Hub. Returns a
+  function that puts everything back."""
+  undo = []
+  for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+    old = os.environ.get(var)
+    undo.append(lambda var=var, old=old: os.environ.pop(var, None) if old is None
+                else os.environ.__setitem__(var, old))
+    os.environ[var] = "1"
+  for module, names in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+                        ("datasets.config", ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))):
+    try:
+      import importlib  # pylint: disable=import-outside-toplevel
+      mod = importlib.import_module(module)
+    except ImportError:
+      continue
+    for name in names:
+      if hasattr(mod, name):
+        undo.append(lambda mod=mod, name=name, old=getattr(mod, name): setattr(mod, name, old))
+        setattr(mod, name, True)
+
+  def restore():
+    for fn in reversed(undo):
+      fn()
+  return restore
+
+
 def run_benchmarks(run, tasks: list[str], *, limit: int | None = None, batch_size: int = 16,
                    include_path: str | None = None, num_fewshot: int | None = None,
                    max_length: int = 0, bootstrap_iters: int = 1000) -> dict:
@@ -336,6 +397,11 @@ def run_benchmarks(run, tasks: list[str], *, limit: int | None = None, batch_siz
     if set(tasks) <= set(local.all_tasks):
       manager = local
   manager = manager or TaskManager(include_path=include_path)
+  # Offline (no network, or HF_*_OFFLINE set): the data sets must be local already; fail
+  # fast naming them instead of retrying the Hub for minutes.
+  offline = offline_reason()
+  hub_sets = _datasets_of(manager, tasks) if offline else {}
+  back_online = _go_offline() if offline else (lambda: None)
   # lm-eval bootstraps in a multiprocessing pool unless told not to; forking a process
   # that runs JAX can hang, so the resamples run here, serially (seeded: reproducible).
   old = os.environ.get("DISABLE_MULTIPROC")
@@ -344,7 +410,18 @@ def run_benchmarks(run, tasks: list[str], *, limit: int | None = None, batch_siz
     out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit,
                                   num_fewshot=num_fewshot, task_manager=manager,
                                   log_samples=False, bootstrap_iters=bootstrap_iters)
+  except Exception as e:  # pylint: disable=broad-except
+    if not offline:
+      raise
+    from mambaswelu_jax.data.sources import DataError  # pylint: disable=import-outside-toplevel
+    named = ", ".join(f"{t}: {d}" for t, d in hub_sets.items()) or ", ".join(tasks)
+    raise DataError(
+        f"benchmarks offline ({offline}): the data set(s) {named} are not in the local "
+        f"datasets cache ({type(e).__name__}). Offline, pass --benchmark_tasks_dir=DIR with "
+        f"local task YAMLs (docs/evaluation.md), or download the data sets once with "
+        f"network (they stay in the datasets cache, HF_DATASETS_CACHE) and rerun.") from e
   finally:
+    back_online()
     if old is None:
       os.environ.pop("DISABLE_MULTIPROC", None)
     else:

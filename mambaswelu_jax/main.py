@@ -42,6 +42,12 @@ _LIBRARY_INFO = flags.DEFINE_bool("library_info", False,
                                    "Show INFO logs of libraries (Orbax, CLU, JAX) too.")
 _TRACEBACK = flags.DEFINE_bool("traceback", False,
                                "On an error, print the Python traceback, not one line.")
+_TAKE_OVER_LOCK = flags.DEFINE_bool(
+    "take_over_lock", False, "Take the workdir even when its lock (DIR/trainer.lock) names a "
+    "trainer that looks alive, e.g. a job on another host known to be dead.")
+_LOCK_STALE_S = flags.DEFINE_float(
+    "lock_stale_s", 120.0, "A lock of another host whose heartbeat is older than this many "
+    "seconds is stale and taken over (the holder refreshes it every 15 s).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 USAGE_EXIT_CODE = 2
@@ -74,8 +80,19 @@ def _one_line(error: BaseException, argv) -> str:
   return f"{flag.group(1)}: {last}" if flag else last
 
 
+_HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
+
+
 def _parse_flags(argv):
-  """absl's flag parsing, with every bad argument as one line and exit status 2."""
+  """absl's flag parsing, with every bad argument as one line and exit status 2;
+  --help prints the usage and exits 0."""
+  if any(a in _HELP_FLAGS for a in argv[1:]):
+    text = (flags.FLAGS.get_help() if "--helpfull" in argv
+            else flags.FLAGS.main_module_help())
+    print(f"{__doc__.strip()}\n\nflags:\n{text}", flush=True)
+    sys.exit(0)
+  from mambaswelu_jax.config_validation import make_configs_importable  # pylint: disable=import-outside-toplevel
+  make_configs_importable(argv)
   try:
     parsed = flags.FLAGS(argv)
     _CONFIG.value.items()  # a config file that failed to load raises here
@@ -90,10 +107,38 @@ def _parse_flags(argv):
 
 
 class _OwnInfoOnly:
-  """Console filter: our INFO lines, everyone's warnings and errors."""
+  """Console filter: our INFO lines, everyone's warnings and errors; a library's error
+  is its one line, without the traceback it attaches (--library_info keeps them)."""
 
   def filter(self, record):
-    return record.levelno >= 30 or record.name.startswith("mambaswelu_jax")
+    if record.name.startswith("mambaswelu_jax"):
+      return True
+    if record.levelno < 30:
+      return False
+    if record.exc_info or record.exc_text:
+      record.exc_info = record.exc_text = None
+      record.msg, record.args = str(record.getMessage()).split("\n", 1)[0], ()
+    return True
+
+
+def _quiet_closed_loop_errors() -> None:
+  """A failed asynchronous Orbax write (a full disk) leaves tensorstore callbacks that
+  find their event loop closed; they print a traceback each (as unraisable errors).
+  Those say nothing the trainer's own error line does not: drop them."""
+  previous, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+  def closed_loop(value) -> bool:
+    return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+  def hook(kind, value, tb):
+    if not closed_loop(value):
+      previous(kind, value, tb)
+
+  def unraisable(info):
+    if not closed_loop(info.exc_value):
+      previous_unraisable(info)
+
+  sys.excepthook, sys.unraisablehook = hook, unraisable
 
 
 def maybe_initialize_distributed() -> None:
@@ -117,14 +162,18 @@ def main(argv):
           f"(python -m mambaswelu_jax.main --config=configs/X.py --workdir=DIR)")
   if not _LIBRARY_INFO.value:
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
+    _quiet_closed_loop_errors()
   maybe_initialize_distributed()
   from mambaswelu_jax import train  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.config_validation import ConfigError  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.data.sources import DataError  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.fault_tolerance import TrainingStopped  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.workdir import WorkdirLocked  # pylint: disable=import-outside-toplevel
   try:
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ConfigError, DataError) as e:
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                      take_over_lock=_TAKE_OVER_LOCK.value,
+                                      lock_stale_s=_LOCK_STALE_S.value)
+  except (ConfigError, DataError, WorkdirLocked) as e:
     if _TRACEBACK.value:
       raise
     _fail(str(e))

@@ -101,6 +101,21 @@ def dropout_seed_of(config: ml_collections.ConfigDict) -> int | None:
   return int(config.seed)
 
 
+def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:
+  """The train state's shapes and dtypes from the config alone (nothing allocated or
+  compiled): what a resume compares the stored checkpoints with before anything else."""
+  graphdef, abstract_params, _ = nnx.split(abstract_model(config.model), nnx.Param, ...)
+  del graphdef
+  tx = make_optimizer(config.train, config.train.num_steps, weight_decay_mask(abstract_params))
+
+  def init():
+    model = build_model(config.model, nnx.Rngs(config.seed))
+    params = nnx.split(model, nnx.Param, ...)[1]
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  return jax.eval_shape(init)
+
+
 def merge_model(parts: ModelParts, params: Any, rest: Any) -> nnx.Module:
   return nnx.merge(parts.graphdef, params, rest)
 

@@ -90,4 +90,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  import sys  # pylint: disable=ungrouped-imports
+  from mambaswelu_jax.config_validation import make_configs_importable
+  make_configs_importable(sys.argv)
   app.run(main)

@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from typing import Any
 
@@ -35,12 +36,13 @@ from mambaswelu_jax import perplexity
 from mambaswelu_jax import run_data
 from mambaswelu_jax import workdir as layout
 from mambaswelu_jax.data_order import DataOrderLog
-from mambaswelu_jax.fault_tolerance import FaultPolicy
+from mambaswelu_jax.fault_tolerance import WRITE_ERROR_EXIT_CODE, FaultPolicy, TrainingStopped
 from mambaswelu_jax.mesh import make_mesh, pad_rows, split_batch, to_global
 from mambaswelu_jax.models import swelu_scalars
 from mambaswelu_jax.models.flops import flops_per_token
 from mambaswelu_jax.sampler import sample_text
-from mambaswelu_jax.steps import create_train_state, make_eval_step, make_schedule
+from mambaswelu_jax.steps import abstract_train_state, create_train_state, make_eval_step
+from mambaswelu_jax.steps import make_schedule
 from mambaswelu_jax.steps import make_train_step, merge_model
 from mambaswelu_jax.stop_signals import StopSignals, signal_name
 
@@ -50,6 +52,14 @@ log = logging.getLogger("mambaswelu_jax.train")
 # (the status a shell reports for a process ended by SIGTERM: schedulers treat it
 # as a preemption, and rerunning the same command resumes). Ctrl-C gives 130.
 PREEMPTED_EXIT_CODE = 143
+# Exit status when another trainer took the workdir over (--take_over_lock) while this
+# one ran: it stops at once, writing nothing more.
+LOCK_LOST_EXIT_CODE = 5
+# Train steps dispatched ahead of the device at most. JAX dispatches asynchronously: an
+# unbounded loop runs ahead to the next log line's device_get, so a stop signal would be
+# seen only there (25 steps later in the demo). One step ahead keeps the device busy and
+# a stop within a step or two.
+MAX_STEPS_IN_FLIGHT = 1
 
 
 class _WorkdirStart:
@@ -59,10 +69,11 @@ class _WorkdirStart:
   that leaves the workdir as it found it: a workdir this run created is removed, and
   in an existing one the entries it added are (a checkpoint moved aside stays)."""
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict, is_main: bool):
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, is_main: bool,
+               existed: bool):
     self.workdir, self.config, self.is_main = workdir, config, is_main
-    self.existed = os.path.isdir(workdir)
-    self.entries = set(os.listdir(workdir)) if self.existed else set()
+    self.existed = existed
+    self.entries = (set(os.listdir(workdir)) | {layout.LOCK}) if existed else set()
     self.log_handler = metrics_lib.add_train_log(workdir, is_main)
     self.done = False
 
@@ -70,7 +81,13 @@ class _WorkdirStart:
     if self.done:
       return
     if self.is_main:
-      checkpointing.record_config(self.workdir, self.config, step)
+      try:
+        checkpointing.record_config(self.workdir, self.config, step)
+      except OSError as e:  # a full disk: checkpoints without their config cannot resume
+        raise TrainingStopped(
+            f"writing {os.path.join(self.workdir, layout.CONFIG)} failed: {e}\nNo checkpoint "
+            f"of this attempt was written; free space (or fix the error) and rerun the "
+            f"same command.", WRITE_ERROR_EXIT_CODE) from e
     metrics_lib.start_train_log(self.log_handler, self.workdir)
     self.done = True
 
@@ -85,7 +102,10 @@ class _WorkdirStart:
       if os.path.isdir(path):
         shutil.rmtree(path, ignore_errors=True)
       else:
-        os.remove(path)
+        try:
+          os.remove(path)
+        except OSError:
+          pass
 
   def close(self) -> None:
     metrics_lib.remove_train_log(self.log_handler)
@@ -111,10 +131,13 @@ def due(step: int, every: int, last: int) -> bool:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       devices: list | None = None) -> TrainResult:
+                       devices: list | None = None, take_over_lock: bool = False,
+                       lock_stale_s: float = layout.LOCK_STALE_S) -> TrainResult:
   """Trains (or resumes) the run recorded in `workdir`.
 
   `devices`: the mesh (default: every device of every process, `jax.devices()`).
+  `take_over_lock`: take the workdir even when its lock names a trainer that looks
+  alive (`workdir.WorkdirLock`); a stale lock is taken over without it.
   """
   workdir = os.path.abspath(os.path.expanduser(workdir))
   is_main = jax.process_index() == 0
@@ -125,23 +148,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                      process_count=jax.process_count())
   accum = config_validation.check_batch(config, len(devices), jax.process_count())
   checkpointing.check_workdir(workdir)
+  lock = None
+  if is_main:  # a workdir in use is refused first (taken below, once the checks pass)
+    lock = layout.WorkdirLock(workdir, take_over=take_over_lock, stale_s=lock_stale_s,
+                              command=" ".join(sys.argv))
+    lock.check()
   resuming = checkpointing.check_config(workdir, config)
-  start = _WorkdirStart(workdir, config, is_main)
+  if resuming and layout.steps(workdir):  # the stored shapes, before anything is built
+    checkpointing.check_state_matches(workdir, abstract_train_state(config))
+  if resuming:
+    done = _already_complete(config, workdir)
+    if done is not None:
+      return done
+
+  # --- One trainer per workdir: the lock (refused: nothing written).
+  existed = os.path.isdir(workdir)
+  if lock is not None:
+    try:
+      lock.acquire()
+    except OSError as e:
+      if not existed:
+        shutil.rmtree(workdir, ignore_errors=True)
+      raise config_validation.ConfigError(
+          f"--workdir={workdir} cannot be made or locked: {e}") from e
+    if lock.replaced:
+      log.warning("took over the workdir lock of %s: %s", lock.describe(lock.replaced[0]),
+                  lock.replaced[1])
+  start = _WorkdirStart(workdir, config, is_main, existed)
   try:
-    if is_main:
-      try:
-        os.makedirs(workdir, exist_ok=True)
-      except OSError as e:
-        raise config_validation.ConfigError(f"--workdir={workdir} cannot be made: {e}") from e
-    return _train(config, workdir, devices, accum, resuming, start)
+    return _train(config, workdir, devices, accum, resuming, start, lock)
   except BaseException:
     start.roll_back()
     raise
   finally:
     start.close()
+    if lock is not None:
+      lock.release()
 
 
-def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart) -> TrainResult:
+def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
+           lock: layout.WorkdirLock | None) -> TrainResult:
   tc, ec, cc = config.train, config.eval, config.checkpoint
   num_steps, is_main = int(tc.num_steps), start.is_main
   mesh = make_mesh(devices)
@@ -163,11 +209,10 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart) -> T
   eval_step_fn = make_eval_step(mesh, parts.graphdef)
   schedule = make_schedule(tc, num_steps)
 
-  # --- Checkpoints: the stored shapes must fit this model; resume from the newest one
-  # that restores (damaged ones are moved aside).
+  # --- Checkpoints (their shapes were checked against the config before anything was
+  # built): resume from the newest one that restores (damaged ones are moved aside).
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           state)
-  checkpointing.check_state_matches(workdir, abstract)
   ckpts = checkpointing.Checkpoints(workdir, cc, is_main=is_main)
   faults = FaultPolicy(config, ckpts, abstract, lambda: create_train_state(config, mesh)[1],
                        mesh)
@@ -179,6 +224,11 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart) -> T
     state = _init_from(tc.init_from, state, parts, abstract)
   elif resuming:
     log.info("workdir %s has no checkpoint yet: starting from step 0", workdir)
+
+  # The save's checksum function compiles now, not in a stop's grace period.
+  checkpointing.state_checksums(state)
+  if is_main:
+    _warn_if_disk_too_small(workdir, state)
 
   flops = float(flops_per_token(config.model, int(config.data.seq_len))["training"])
   peak, peak_source = metrics_lib.peak_tflops(devices[0], len(mesh.local_devices),
@@ -204,6 +254,14 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart) -> T
         state, step_metrics = train_step_fn(state, to_global(arrays, mesh), rest,
                                             faults.lr_scale)
         pending.append(step_metrics)
+        if len(pending) > MAX_STEPS_IN_FLIGHT:  # at most this many steps ahead of the device
+          jax.block_until_ready(pending[-1 - MAX_STEPS_IN_FLIGHT])
+        if lock is not None and lock.lost:
+          data_order = None  # another trainer writes this workdir now: write nothing more
+          raise TrainingStopped(
+              f"step {step}: another trainer took this workdir over "
+              f"({lock.describe(lock.lost)}); this one stops without saving.",
+              LOCK_LOST_EXIT_CODE)
         if step == start_step + 1:  # compilation: keep it out of the timings
           jax.block_until_ready(step_metrics)
           log.info("first step (with what was left to compile) took %.1f s",
@@ -275,13 +333,59 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart) -> T
       data_order.close()
     if writer is not None:
       writer.close()
-    faults.close(step, must_succeed=bool(stop_signal) or step >= num_steps)
+    # (not while an error propagates: it, not the missing last step, is the news)
+    faults.close(step, must_succeed=(bool(stop_signal) or step >= num_steps)
+                 and sys.exc_info()[0] is None)
   elapsed = time.perf_counter() - run_start
   log.info("done at step %d in %s", step, _fmt_time(elapsed))
   summary = _summary(workdir, step, num_steps, elapsed, stop_signal, first_loss, final_eval,
                      config, ec.sample_prompt, sample)
+  failed = int(faults.counters["checkpoint_write_errors"])
+  if failed:
+    saved = layout.steps(workdir)
+    summary += (f"\n  write errors           {failed} checkpoint write(s) failed (full disk or "
+                f"I/O error; see {layout.TRAIN_LOG}); newest checkpoint: "
+                f"{saved[-1] if saved else 'none'}")
   return TrainResult(step=step, final_metrics=final_eval,
                      state=state, summary=summary, stop_signal=int(stop_signal))
+
+
+def _warn_if_disk_too_small(workdir: str, state) -> None:
+  """One warning when the workdir's filesystem cannot hold one more checkpoint (its
+  saves would fail: the run still goes on, as checkpoint.on_write_error says)."""
+  need = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
+  try:
+    free = shutil.disk_usage(workdir).free
+  except OSError:
+    return
+  if free < need:
+    log.warning("%s has %.1f MB free; one checkpoint of this run needs about %.1f MB: "
+                "its checkpoints will fail until space is freed", workdir, free / 1e6,
+                need / 1e6)
+
+
+def _already_complete(config, workdir: str) -> TrainResult | None:
+  """A run whose final params and last checkpoint are saved at train.num_steps has
+  nothing left to do: said at once (nothing built, compiled or written), with the last
+  validation figures from metrics.jsonl. None when something is left."""
+  num_steps = int(config.train.num_steps)
+  saved = layout.steps(workdir)
+  if (int(config.train.stop_at_step or 0) not in (0, num_steps)
+      or num_steps not in layout.steps(workdir, layout.FINAL)
+      or not saved or saved[-1] != num_steps):
+    return None
+  final_eval = {}
+  path = os.path.join(workdir, layout.METRICS)
+  if os.path.exists(path):
+    for record in metrics_lib.read_jsonl(path):
+      if "validation_loss" in record and record["step"] <= num_steps:
+        final_eval = {k: v for k, v in record.items() if k.startswith("validation_")}
+  log.info("run already complete at step %d (final params in %s/%d)", num_steps,
+           os.path.join(workdir, layout.FINAL), num_steps)
+  summary = _summary(workdir, num_steps, num_steps, 0.0, 0, None, final_eval, config, "", "")
+  summary = summary.replace(f"step {num_steps}/{num_steps} in 0m00s",
+                            f"step {num_steps}/{num_steps}, already complete", 1)
+  return TrainResult(step=num_steps, final_metrics=final_eval, summary=summary)
 
 
 def _start_recording(start: _WorkdirStart, config, start_step: int, num_params: int):

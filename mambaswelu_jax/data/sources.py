@@ -45,6 +45,7 @@ import collections
 import glob
 import json
 import os
+import sys
 from typing import Iterator
 
 # Re-exported: the source interface and the embedded corpus live in corpus.py.
@@ -126,8 +127,10 @@ class SlimPajamaSource(Source):
   name = "slimpajama"
   text_types = list(SLIMPAJAMA_SETS)
 
-  def __init__(self, data_dir: str, need_train: bool = True):
+  def __init__(self, data_dir: str, need_train: bool = True,
+               splits: tuple[str, ...] | None = None):
     super().__init__()
+    self.splits = tuple(splits) if splits else None  # the splits to check (None: training's)
     data_dir = data_dir or ""
     self.hf_repo = data_dir[len("hf://"):] if data_dir.startswith("hf://") else ""
     self.root = "" if self.hf_repo else os.path.expanduser(data_dir)
@@ -146,7 +149,8 @@ class SlimPajamaSource(Source):
     if not self.root:
       raise DataError("slimpajama source: config.data.data_dir is empty. "
                       + SLIMPAJAMA_HELP)
-    for split in ("train", "validation") if self.need_train else ("validation",):
+    needed = self.splits or (("train", "validation") if self.need_train else ("validation",))
+    for split in needed:
       if not slimpajama_files(self.root, split):
         raise DataError(
             f"slimpajama source: no files matching "
@@ -397,8 +401,11 @@ def _data_dir(data_cfg, name: str) -> str:
   return data_dir
 
 
-def make_source(data_cfg) -> Source:
-  """Builds `data_cfg.source` and checks it (raises DataError when missing)."""
+def make_source(data_cfg, splits=None) -> Source:
+  """Builds `data_cfg.source` and checks it (raises DataError when missing).
+
+  `splits`: the splits the caller reads (default: what training reads), so a download
+  of the held-out splits alone serves evaluation."""
   name = config_value(data_cfg, "source", "embedded")
   val = config_value(data_cfg, "validation_fraction", None)
   test = config_value(data_cfg, "test_fraction", None)
@@ -410,7 +417,7 @@ def make_source(data_cfg) -> Source:
   elif name == "slimpajama":
     source = SlimPajamaSource(
         _data_dir(data_cfg, name),
-        need_train=not config_value(data_cfg, "pretokenized_dir", ""))
+        need_train=not config_value(data_cfg, "pretokenized_dir", ""), splits=splits)
   elif name == "wikipedia":
     source = WikipediaSource(
         config=config_value(data_cfg, "wikipedia_config", "20230601.en"),
@@ -446,9 +453,14 @@ def main(argv=None) -> None:
   parser.add_argument("--limit", type=int, default=0,
                       help="stop each split after this many documents (0: all)")
   args = parser.parse_args(argv)
-  source = make_source(vars(args))
+  splits = [s for s in args.splits.split(",") if s]
+  try:
+    source = make_source(vars(args), splits=splits)
+  except DataError as e:
+    print(f"error: {e}".replace("\n", " "), file=sys.stderr)
+    sys.exit(2)
   print(f"{source.name}: text types {source.text_types}")
-  for split in args.splits.split(","):
+  for split in splits:
     docs, nbytes = collections.Counter(), collections.Counter()
     for i, doc in enumerate(source.documents(split)):
       docs[doc["text_type"]] += 1
