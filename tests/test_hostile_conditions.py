@@ -94,6 +94,24 @@ def _fail_orbax_commit(monkeypatch, steps):
   monkeypatch.setattr(async_path, "rename", rename)
 
 
+def _hook_train_step(monkeypatch, before_step):
+  """The trainer's step calls `before_step(n, batch)` (n counts from 1) first and runs
+  on the batch it returns."""
+  real_make = train.make_train_step
+
+  def make(*args, **kwargs):
+    step_fn = real_make(*args, **kwargs)
+    calls = {"n": 0}
+
+    def step(state, batch, rest, lr_scale=None):
+      calls["n"] += 1
+      return step_fn(state, before_step(calls["n"], batch), rest, lr_scale)
+    step.jitted = step_fn.jitted
+    return step
+
+  monkeypatch.setattr(train, "make_train_step", make)
+
+
 def test_full_disk_at_every_writer_keeps_the_run(tokenizer_path, tmp_path, monkeypatch):
   """ENOSPC from steps 3 to 6 at every file the trainer appends to (metrics.jsonl,
   train.log, data_order.jsonl), at TensorBoard's writes and flushes, and at the
@@ -119,20 +137,12 @@ def test_full_disk_at_every_writer_keeps_the_run(tokenizer_path, tmp_path, monke
       return _real(self, *args, **kwargs)
     monkeypatch.setattr(metric_writers.SummaryWriter, method, failing)
   _fail_orbax_commit(monkeypatch, [4])
-  real_make = train.make_train_step
 
-  def make(*args, **kwargs):
-    step_fn = real_make(*args, **kwargs)
-    calls = {"n": 0}
+  def disk_full_during_steps_3_to_6(n, batch):
+    full["on"] = 3 <= n <= 6
+    return batch
 
-    def step(*a):
-      calls["n"] += 1
-      full["on"] = 3 <= calls["n"] <= 6
-      return step_fn(*a)
-    step.jitted = step_fn.jitted
-    return step
-
-  monkeypatch.setattr(train, "make_train_step", make)
+  _hook_train_step(monkeypatch, disk_full_during_steps_3_to_6)
   workdir = str(tmp_path / "w")
   config = tiny(tokenizer_path, train__log_every_steps=1, eval__sample_tokens=0,
                 checkpoint__snapshot_every_steps=0)
@@ -286,7 +296,6 @@ def test_stop_signal_lands_within_two_steps_of_the_device(tokenizer_path, tmp_pa
   """SIGTERM sent while the *device* runs step 5 (from inside it) stops the run at step
   6 or 7, though the next log line is step 40: the loop runs at most one step ahead of
   the device (JAX dispatches asynchronously; unbounded, it ran to the log step first)."""
-  real_make = train.make_train_step
 
   def tick(step):
     time.sleep(0.05)  # a slow device
@@ -299,17 +308,7 @@ def test_stop_signal_lands_within_two_steps_of_the_device(tokenizer_path, tmp_pa
     zero = jax.pure_callback(tick, jax.ShapeDtypeStruct((), jnp.int32), step)
     return jax.tree.map(lambda x: x + zero.astype(x.dtype), batch)
 
-  def make(*args, **kwargs):
-    step_fn = real_make(*args, **kwargs)
-    calls = {"n": 0}
-
-    def step(state, batch, rest, lr_scale=None):
-      calls["n"] += 1
-      return step_fn(state, gate(batch, jnp.int32(calls["n"])), rest, lr_scale)
-    step.jitted = step_fn.jitted
-    return step
-
-  monkeypatch.setattr(train, "make_train_step", make)
+  _hook_train_step(monkeypatch, lambda n, batch: gate(batch, jnp.int32(n)))
   config = tiny(tokenizer_path, train__num_steps=40, train__log_every_steps=40,
                 eval__every_steps=0, checkpoint__every_steps=1000,
                 checkpoint__snapshot_every_steps=0, eval__sample_tokens=0)
@@ -432,6 +431,7 @@ def test_benchmarks_offline_fail_fast_naming_the_data_set(finished, tmp_path, mo
   from mambaswelu_jax import lm_eval_adapter, restore
   from mambaswelu_jax.data.sources import DataError
   monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # test_lm_eval_adapter sets it
   monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "empty_cache")
   monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
   run = restore.load_run(finished)
@@ -501,23 +501,14 @@ def test_a_trainer_whose_lock_was_taken_over_stops_writing(tokenizer_path, tmp_p
   from mambaswelu_jax import fault_tolerance
   monkeypatch.setattr(layout, "LOCK_HEARTBEAT_S", 0.05)
   workdir = str(tmp_path / "w")
-  real_make = train.make_train_step
+  def taken_over_at_step_3(n, batch):
+    if n == 3:
+      _lock(workdir, host="elsewhere")
+    if n >= 3:
+      time.sleep(0.2)
+    return batch
 
-  def make(*args, **kwargs):
-    step_fn = real_make(*args, **kwargs)
-    calls = {"n": 0}
-
-    def step(*a):
-      calls["n"] += 1
-      if calls["n"] == 3:
-        _lock(workdir, host="elsewhere")
-      if calls["n"] >= 3:
-        time.sleep(0.2)
-      return step_fn(*a)
-    step.jitted = step_fn.jitted
-    return step
-
-  monkeypatch.setattr(train, "make_train_step", make)
+  _hook_train_step(monkeypatch, taken_over_at_step_3)
   config = tiny(tokenizer_path, train__num_steps=40, train__log_every_steps=1,
                 checkpoint__every_steps=20, checkpoint__snapshot_every_steps=0,
                 eval__every_steps=0, eval__sample_tokens=0)

@@ -300,8 +300,8 @@ def small_original(tmp_path_factory):
   return {"root": root, "config": str(config_file), "ckpt": str(ckpt), "model": tmodel}
 
 
-def test_import_then_export_is_bit_exact_and_the_original_class_loads_it(
-    small_original, small_tokenizer, tmp_path):
+def import_small_original(small_original, small_tokenizer, tmp_path):
+  """The small original's checkpoint imported into tmp_path/imported (its workdir)."""
   tokenizer = tmp_path / "tok.model"
   tokenizer.write_bytes(small_tokenizer._proto)  # pylint: disable=protected-access
   workdir = tmp_path / "imported"
@@ -309,6 +309,12 @@ def test_import_then_export_is_bit_exact_and_the_original_class_loads_it(
               f"--config={small_original['config']}", f"--workdir={workdir}",
               f"--tokenizer={tokenizer}")
   assert r.returncode == 0, r.stderr
+  return workdir
+
+
+def test_import_then_export_is_bit_exact_and_the_original_class_loads_it(
+    small_original, small_tokenizer, tmp_path):
+  workdir = import_small_original(small_original, small_tokenizer, tmp_path)
   assert os.listdir(workdir / "final") == ["1200"]
   out, st = tmp_path / "back.pt", tmp_path / "back.safetensors"
   r = run_cli("export", f"--workdir={workdir}", f"--out={out}", f"--safetensors={st}")
@@ -395,16 +401,10 @@ def test_export_errors_are_one_line_exit_2(tmp_path):
 def test_trainer_starts_from_an_imported_checkpoint(small_original, small_tokenizer, tmp_path):
   """train.init_from: a new run (here a fine-tune, with a learning rate too small to
   move anything) starts from the imported weights."""
-  tokenizer = tmp_path / "tok.model"
-  tokenizer.write_bytes(small_tokenizer._proto)  # pylint: disable=protected-access
-  imported = tmp_path / "imported"
-  r = run_cli("import", f"--checkpoint={small_original['ckpt']}",
-              f"--config={small_original['config']}", f"--workdir={imported}",
-              f"--tokenizer={tokenizer}")
-  assert r.returncode == 0, r.stderr
+  imported = import_small_original(small_original, small_tokenizer, tmp_path)
   from mambaswelu_jax import restore, train
   config = tc.load_config_file(small_original["config"], [])
-  config.data.tokenizer_path = str(tokenizer)
+  config.data.tokenizer_path = str(tmp_path / "tok.model")
   config.train.update(num_steps=1, warmup_steps=0, learning_rate=1e-12, init_from=str(imported),
                       memory_check=False)
   config.eval.update(every_steps=0, max_batches=1, batch_per_device=2)
