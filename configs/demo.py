@@ -27,6 +27,13 @@ def get_config(arg=None):
   m.d_state = 8
   m.dense_hidden = 256
   m.compute_dtype = "float32"   # bf16 matmuls are slower than fp32 on most CPUs
+  # The demo must learn visibly in 400 steps. With the original's head, initialisation
+  # and dropout (the study's defaults) it ended at validation loss 5.83 nats/token,
+  # above the unigram entropy (5.57); with a residual around the dense head, fan-in
+  # initialisation and no dropout, 3.95 (2026-12-04, same seed).
+  m.dense_residual = True
+  m.init = "fan_in"
+  m.dropout = 0.0
 
   d = config.data
   d.source = "embedded"
