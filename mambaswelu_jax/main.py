@@ -108,7 +108,10 @@ def maybe_initialize_distributed() -> None:
       # Cross-process collectives between CPU devices.
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
-    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+    # Printed, not logged: every process's line reaches a cluster job's log (INFO lines
+    # of absl's own logger are filtered from the console).
+    print(f"jax.distributed: process {jax.process_index()} of {jax.process_count()}",
+          flush=True)
 
 
 def main(argv):
