@@ -24,14 +24,10 @@ node_up() {
   case "$state" in idle*|mix*|alloc*|comp*) return 0 ;; *) return 1 ;; esac
 }
 
-if node_up; then
-  exit 0
-fi
-
-[ "$(id -u)" = 0 ] || fail "needs root to install and start the SLURM daemons"
 
 if ! command -v slurmctld >/dev/null 2>&1 || ! command -v slurmd >/dev/null 2>&1 \
     || ! command -v sbatch >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] || fail "SLURM is not installed and installing it needs root"
   command -v apt-get >/dev/null 2>&1 || fail "no apt-get: install slurmctld, slurmd, slurm-client and munge by hand"
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -q slurmctld slurmd slurm-client munge >/tmp/start_slurm.apt.log 2>&1 \
@@ -54,6 +50,9 @@ SlurmctldHost=$HOST
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# Requeued jobs wait out the job credential lifetime before they start again (default
+# 120 s); 10 s keeps the requeue tests short.
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -73,6 +72,11 @@ MpiDefault=none
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF
+if node_up && cmp -s "$TMP" "$CONF" 2>/dev/null; then
+  rm -f "$TMP"
+  exit 0   # already running with this configuration
+fi
+[ "$(id -u)" = 0 ] || fail "needs root to install and start the SLURM daemons"
 if ! cmp -s "$TMP" "$CONF" 2>/dev/null; then
   mv "$TMP" "$CONF"
   chmod 644 "$CONF"
