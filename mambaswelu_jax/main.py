@@ -121,6 +121,8 @@ def main(argv):
   if not _LIBRARY_INFO.value:
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
   maybe_initialize_distributed()
+  from mambaswelu_jax import compile_cache  # pylint: disable=import-outside-toplevel
+  compile_cache.setup(_CONFIG.value)
   from mambaswelu_jax import train  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.config_validation import ConfigError  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.data.sources import DataError  # pylint: disable=import-outside-toplevel
