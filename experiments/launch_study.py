@@ -60,6 +60,7 @@ import time
 
 from study_lib import runs as runs_lib
 from study_lib import slurm as slurm_lib
+from mambaswelu_jax import process_count
 
 
 def plan(root: str, specs, devices: list) -> list[tuple]:
@@ -151,7 +152,7 @@ def stop_runs(root: str, specs, out=print) -> int:
   return 0
 
 
-def plan_slurm(root: str, specs) -> list[tuple]:
+def plan_slurm(root: str, specs, processes: int = 0) -> list[tuple]:
   """(spec, paths, action, detail) for each run on SLURM: submit | refuse | skip."""
   out = []
   for spec in specs:
@@ -163,6 +164,8 @@ def plan_slurm(root: str, specs) -> list[tuple]:
                   + f"; see {p.log}"))
     elif runs_lib.finished(p.workdir):
       out.append((spec, p, "skip", "finished (final params saved)"))
+    elif processes and process_count.mismatch(p.workdir, processes):
+      out.append((spec, p, "refuse", process_count.mismatch(p.workdir, processes)))
     elif os.path.exists(os.path.join(p.workdir, "config.json")):
       ckpt = runs_lib.saved_steps(p.workdir, "checkpoints")
       out.append((spec, p, "submit", "resumes from "
@@ -184,7 +187,7 @@ def launch_slurm(root: str, specs, res: slurm_lib.Resources, *, dry_run: bool = 
     if why:
       out(f"launch_study.py: --cluster=slurm: {why}")
       return 1
-  for spec, p, action, detail in plan_slurm(root, specs):
+  for spec, p, action, detail in plan_slurm(root, specs, res.processes):
     if action == "refuse":
       out(f"{spec.name}: refused: {detail}")
       status = 1

@@ -121,6 +121,10 @@ def main(argv):
   if not _LIBRARY_INFO.value:
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
   maybe_initialize_distributed()
+  from mambaswelu_jax import process_count  # pylint: disable=import-outside-toplevel
+  refused = process_count.mismatch(_WORKDIR.value, jax_process_count())
+  if refused:
+    _fail(refused)
   from mambaswelu_jax import compile_cache  # pylint: disable=import-outside-toplevel
   compile_cache.setup(_CONFIG.value)
   from mambaswelu_jax import train  # pylint: disable=import-outside-toplevel
@@ -147,6 +151,11 @@ def main(argv):
   if result.stop_signal:
     print(f"stopped at step {result.step}; rerun the same command to resume", flush=True)
     sys.exit(128 + result.stop_signal)
+
+
+def jax_process_count() -> int:
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.process_count()
 
 
 def jax_process_index() -> int:

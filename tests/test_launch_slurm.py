@@ -47,3 +47,24 @@ def test_active_job_is_refused(tmp_path, monkeypatch, capsys):
 def test_bad_process_counts_are_usage_errors(tmp_path, capsys):
   assert launch_study.main(["--cluster=slurm", f"--root={tmp_path}", "--nodes=0"]) == 2
   assert "--nodes" in capsys.readouterr().err
+
+
+def test_another_process_count_is_refused_before_anything_is_written(tmp_path, capsys):
+  """A checkpoint holds one data-iterator state per process: resuming it on another
+  process count is refused by the launcher (and by main) before anything is written."""
+  from mambaswelu_jax import process_count
+  wd = tmp_path / "toy_mixture_short"
+  data = wd / "checkpoints" / "20" / "data"
+  data.mkdir(parents=True)
+  for i in range(2):
+    (data / f"process_{i}-of-2.json").write_text("{}")
+  (wd / "config.json").write_text("{}")
+  assert process_count.newest_checkpoint_processes(str(wd)) == (20, 2)
+  assert process_count.mismatch(str(wd), 2) is None
+  assert "written by 2 process(es) and this run has 1" in process_count.mismatch(str(wd), 1)
+  before = sorted(str(p) for p in tmp_path.rglob("*"))
+  code = launch_study.launch_slurm(str(tmp_path), runs_lib.select(runs_lib.TOY,
+                                                                   "toy_mixture_short"),
+                                   slurm_lib.Resources(tasks_per_node=1), dry_run=True)
+  assert code == 1 and "refused" in capsys.readouterr().out
+  assert sorted(str(p) for p in tmp_path.rglob("*")) == before
