@@ -29,6 +29,22 @@ relaunching: a restart runs the command built now.
 `--stop` sends SIGTERM to the runs' process groups; the trainer saves a checkpoint and
 exits (status 143), and a later launch resumes it.
 
+On a SLURM cluster (docs/cluster.md), `--cluster=slurm` submits one batch job per run
+instead (nothing runs on the login node):
+
+  python experiments/launch_study.py --cluster=slurm --root=ROOT [--scale=full|toy]
+      [--runs=...] [--nodes=N] [--tasks_per_node=T] [--gpus_per_node=G] [--time=H:MM:SS]
+      [--partition=P] [--sbatch_arg=ARG ...] [--max_requeues=K] [--wait] [--dry_run]
+      [-- trainer flags]
+
+Each job's script is ROOT/slurm/<run>.sbatch (resubmit by hand with `sbatch` on it), its
+id ROOT/slurm/<run>.json, every process's output ROOT/logs/<run>.log. A run whose job
+is pending or running is refused; a finished run is left alone; any other is
+submitted and resumes from its newest checkpoint. Preemption, `scontrol requeue` and
+the time limit (USR1 before it) checkpoint the current step and requeue the job until
+the run is finished. `--stop` makes the jobs checkpoint and end; `--wait` blocks until
+the submitted jobs end (exit status 1 when one failed).
+
 Exit status: 0 every selected run started, restarted or already finished (or the
 dry run printed); 1 a run was refused (already running); 2 bad command line (unknown
 run name, malformed --run_flag or --devices), nothing started.
@@ -40,8 +56,11 @@ import argparse
 import os
 import shlex
 import sys
+import time
 
 from study_lib import runs as runs_lib
+from study_lib import slurm as slurm_lib
+from mambaswelu_jax import process_count
 
 
 def plan(root: str, specs, devices: list) -> list[tuple]:
@@ -133,6 +152,108 @@ def stop_runs(root: str, specs, out=print) -> int:
   return 0
 
 
+def plan_slurm(root: str, specs, processes: int = 0) -> list[tuple]:
+  """(spec, paths, action, detail) for each run on SLURM: submit | refuse | skip."""
+  out = []
+  for spec in specs:
+    p = runs_lib.paths(root, spec.name)
+    job = slurm_lib.job_state(p)
+    if slurm_lib.active(job):
+      out.append((spec, p, "refuse", f"job {job['job_id']} is {job['state'].lower()}"
+                  + (f" ({job['reason']})" if job["reason"] not in ("", "None") else "")
+                  + f"; see {p.log}"))
+    elif runs_lib.finished(p.workdir):
+      out.append((spec, p, "skip", "finished (final params saved)"))
+    elif processes and process_count.mismatch(p.workdir, processes):
+      out.append((spec, p, "refuse", process_count.mismatch(p.workdir, processes)))
+    elif os.path.exists(os.path.join(p.workdir, "config.json")):
+      ckpt = runs_lib.saved_steps(p.workdir, "checkpoints")
+      out.append((spec, p, "submit", "resumes from "
+                  + (f"checkpoint {ckpt[-1]}" if ckpt else "step 0 (no checkpoint yet)")))
+    else:
+      out.append((spec, p, "submit", "new run"))
+  return out
+
+
+def launch_slurm(root: str, specs, res: slurm_lib.Resources, *, dry_run: bool = False,
+                 extra: tuple = (), run_flags: dict | None = None, wait: bool = False,
+                 python: str | None = None, env: dict | None = None, out=print,
+                 poll: float = 5.0) -> int:
+  """Submits one batch job per run; returns the exit status (1 refused, or with `wait`
+  a job that failed)."""
+  status, submitted = 0, []
+  if not dry_run:
+    why = slurm_lib.available()
+    if why:
+      out(f"launch_study.py: --cluster=slurm: {why}")
+      return 1
+  for spec, p, action, detail in plan_slurm(root, specs, res.processes):
+    if action == "refuse":
+      out(f"{spec.name}: refused: {detail}")
+      status = 1
+      continue
+    if action == "skip":
+      out(f"{spec.name}: {detail}; not submitted")
+      continue
+    flags = tuple(extra) + tuple((run_flags or {}).get(spec.name, ()))
+    script = slurm_lib.render(spec, p, res, python=python or sys.executable, extra=flags,
+                              env=env)
+    if dry_run:
+      out(f"{spec.name}: would submit ({detail}) {slurm_lib.script_path(p)}:\n{script}")
+      continue
+    try:
+      job_id = slurm_lib.submit(spec, p, script)
+    except RuntimeError as e:
+      out(f"{spec.name}: {e}")
+      status = 1
+      continue
+    submitted.append(p)
+    out(f"{spec.name}: submitted job {job_id} ({detail}); {res.processes} process(es) on "
+        f"{res.nodes} node(s); script {slurm_lib.script_path(p)}, log {p.log}")
+  if wait and submitted:
+    status = max(status, wait_jobs(submitted, out=out, poll=poll))
+  return status
+
+
+def wait_jobs(paths: list, *, out=print, poll: float = 5.0, timeout: float | None = None) -> int:
+  """Blocks until every run's job has left the queue for good (requeues included);
+  1 when a run's trainer did not end with exit status 0."""
+  deadline = None if timeout is None else time.time() + timeout
+  while True:
+    states = {p.name: slurm_lib.job_state(p) for p in paths}
+    if not any(slurm_lib.active(s) for s in states.values()):
+      break
+    if deadline is not None and time.time() > deadline:
+      out("launch_study.py: --wait: timed out")
+      return 1
+    time.sleep(poll)
+  status = 0
+  for p in paths:
+    code, st = runs_lib.last_exit(p), states[p.name] or {}
+    ok = code == 0
+    out(f"{p.name}: job {st.get('job_id', '?')} ended: {st.get('state', '?').lower()}, "
+        f"trainer exit status {'?' if code is None else code}"
+        + (f", requeued {st['restarts']}x" if st.get("restarts") else ""))
+    status = status if ok else 1
+  return status
+
+
+def stop_slurm(root: str, specs, out=print) -> int:
+  for spec in specs:
+    p = runs_lib.paths(root, spec.name)
+    st = slurm_lib.job_state(p)
+    if not slurm_lib.active(st):
+      out(f"{spec.name}: no pending or running job")
+      continue
+    ok = slurm_lib.stop(p)
+    runs_lib.append_history(p, {"event": "stop", "job_id": st["job_id"], "sent": ok})
+    out(f"{spec.name}: job {st['job_id']}: "
+        + ("USR2 sent: the trainer saves a checkpoint and the job ends (not requeued)"
+           if ok and not st["state"].startswith("PENDING") else
+           "cancelled while pending" if ok else "scancel failed"))
+  return 0
+
+
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   extra = []
@@ -155,6 +276,25 @@ def main(argv=None) -> int:
                   help="a trainer flag for the named run(s) only, after the common flags "
                        "(repeatable), e.g. wikipedia_llama:--config.data.data_dir=/data/tfds")
   ap.add_argument("--stop", action="store_true", help="SIGTERM the runs (checkpoint, exit)")
+  ap.add_argument("--cluster", default="local", choices=("local", "slurm"),
+                  help="local: processes on this host; slurm: one batch job per run")
+  sl = ap.add_argument_group("--cluster=slurm")
+  sl.add_argument("--nodes", type=int, default=1, help="nodes per run")
+  sl.add_argument("--tasks_per_node", type=int, default=1,
+                  help="trainer processes per node (1 per node driving all its GPUs, or 1 "
+                       "per GPU)")
+  sl.add_argument("--gpus_per_node", type=int, default=0, help="GPUs per node (0: none asked)")
+  sl.add_argument("--cpus_per_task", type=int, default=0, help="CPUs per process (0: default)")
+  sl.add_argument("--time", default="", help="time limit per job, H:MM:SS (requeued at it)")
+  sl.add_argument("--partition", default="", help="SLURM partition")
+  sl.add_argument("--sbatch_arg", action="append", default=[], metavar="ARG",
+                  help="one more #SBATCH line, e.g. --sbatch_arg=--account=abc (repeatable)")
+  sl.add_argument("--signal_seconds", type=int, default=120,
+                  help="USR1 this long before the time limit: checkpoint, requeue")
+  sl.add_argument("--max_requeues", type=int, default=3,
+                  help="requeues after a crash (a preemption or time limit always requeues)")
+  sl.add_argument("--wait", action="store_true",
+                  help="block until the submitted jobs end; exit status 1 if one failed")
   args = ap.parse_args(argv)
   study = runs_lib.SCALES[args.scale]
   try:
@@ -166,6 +306,19 @@ def main(argv=None) -> int:
     if not isinstance(e.code, str):
       raise
     return _usage_error(f"--runs={args.runs}: {e.code}")
+  if args.cluster == "slurm":
+    if args.stop:
+      return stop_slurm(args.root, specs)
+    if min(args.nodes, args.tasks_per_node) < 1 or args.gpus_per_node < 0:
+      return _usage_error("--nodes and --tasks_per_node must be at least 1")
+    res = slurm_lib.Resources(nodes=args.nodes, tasks_per_node=args.tasks_per_node,
+                              gpus_per_node=args.gpus_per_node,
+                              cpus_per_task=args.cpus_per_task, time=args.time,
+                              partition=args.partition, signal_seconds=args.signal_seconds,
+                              max_requeues=args.max_requeues,
+                              sbatch_args=tuple(args.sbatch_arg))
+    return launch_slurm(args.root, specs, res, dry_run=args.dry_run, extra=tuple(extra),
+                        run_flags=run_flags, wait=args.wait)
   if args.stop:
     return stop_runs(args.root, specs)
   devices_arg = args.devices

@@ -120,6 +120,9 @@ def get_config() -> ml_collections.ConfigDict:
   # stops the run (exit status 2) naming the micro-batch (or model.remat) that fits.
   config.train.memory_check = True
   config.train.memory_limit_bytes = 0  # per device; 0: the device's own (CPU: host memory / devices)
+  # JAX's persistent compilation cache, shared by runs and restarts (a requeued job skips
+  # most of its compile); "" disables it. JAX_COMPILATION_CACHE_DIR, when set, wins.
+  config.train.compilation_cache_dir = "~/.cache/mambaswelu_jax/jax_cache"
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 5000  # full state (params, optimizer, data iterator)

@@ -41,6 +41,7 @@ RESUMABLE_CHANGES = (
     "train.data_order_log",
     "train.memory_check",
     "train.memory_limit_bytes",
+    "train.compilation_cache_dir",
     "model.scan_impl",
     "model.scan_chunk",
     "model.remat",

@@ -153,7 +153,10 @@ def maybe_initialize_distributed() -> None:
       # Cross-process collectives between CPU devices.
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
-    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+    # Printed, not logged: every process's line reaches a cluster job's log (INFO lines
+    # of absl's own logger are filtered from the console).
+    print(f"jax.distributed: process {jax.process_index()} of {jax.process_count()}",
+          flush=True)
 
 
 def main(argv):
@@ -164,6 +167,12 @@ def main(argv):
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
     _quiet_closed_loop_errors()
   maybe_initialize_distributed()
+  from mambaswelu_jax import process_count  # pylint: disable=import-outside-toplevel
+  refused = process_count.mismatch(_WORKDIR.value, jax_process_count())
+  if refused:
+    _fail(refused)
+  from mambaswelu_jax import compile_cache  # pylint: disable=import-outside-toplevel
+  compile_cache.setup(_CONFIG.value)
   from mambaswelu_jax import train  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.config_validation import ConfigError  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.data.sources import DataError  # pylint: disable=import-outside-toplevel
@@ -191,6 +200,11 @@ def main(argv):
   if result.stop_signal:
     print(f"stopped at step {result.step}; rerun the same command to resume", flush=True)
     sys.exit(128 + result.stop_signal)
+
+
+def jax_process_count() -> int:
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.process_count()
 
 
 def jax_process_index() -> int:

@@ -10,10 +10,12 @@ Health verdicts (`RunStatus.state`):
   diverging   the loss is non-finite, or its recent mean sits `divergence_nats` above
               the best recent mean seen so far (a spike that does not come back down)
   dead        no live process, the run not finished (crashed, killed, or stopped)
+  pending     a SLURM job waiting in the queue (the note gives SLURM's reason)
+  failed      its SLURM job failed (the note gives the exit code and requeue count)
   done        final params saved at the last step
   not started never launched: no workdir, or one without metrics or config.json, and
               no pid file (`reason` says which)
-`problem` is True for dead, diverging and stalled (the monitor exits 1); a run not
+`problem` is True for dead, failed, diverging and stalled (the monitor exits 1); a run not
 started is no problem but not healthy either (the monitor exits 3 when no run is a
 problem and one has not started).
 """
@@ -28,6 +30,7 @@ from typing import Any
 
 from mambaswelu_jax.metrics import read_jsonl
 from study_lib import runs as runs_lib
+from study_lib import slurm as slurm_lib
 
 # metrics.jsonl writes +-inf as +-1e308 and NaN as null.
 _BIG = 1e300
@@ -100,6 +103,7 @@ class RunStatus:
   metrics_age: float | None = None
   devices: str | None = None
   restarts: int = 0
+  scheduler: dict | None = None   # the SLURM job (slurm.job_state) when the run is a job
 
   @property
   def percent(self) -> float | None:
@@ -109,7 +113,7 @@ class RunStatus:
 
   @property
   def problem(self) -> bool:
-    return self.state in ("dead", "diverging", "stalled")
+    return self.state in ("dead", "diverging", "stalled", "failed")
 
 
 def run_status(root: str, name: str, *, now: float | None = None, stall_seconds: float = 1800,
@@ -187,7 +191,44 @@ def run_status(root: str, name: str, *, now: float | None = None, stall_seconds:
   else:
     st.reason = (f"workdir {wd} holds no metrics or config.json yet" if os.path.isdir(wd)
                  else f"no workdir {wd}")
+  if os.path.exists(slurm_lib.job_path(p)):
+    _scheduler_verdict(st, slurm_lib.job_state(p), now, stall_seconds)
   return st
+
+
+_JOB_FAILED = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+               "DEADLINE", "PREEMPTED")
+
+
+def _scheduler_verdict(st: RunStatus, job: dict, now: float, stall_seconds: float) -> None:
+  """A run submitted to SLURM: pending (with SLURM's reason), running (on which nodes),
+  requeued (how often), failed (exit code): the scheduler's word over the pid's."""
+  st.scheduler = job
+  st.restarts = job["restarts"]
+  state = job["state"].split("+")[0]
+  requeued = f"; requeued {job['restarts']}x" if job["restarts"] else ""
+  if st.state in ("done", "diverging"):
+    return
+  if state == "PENDING":
+    st.state = "pending"
+    st.reason = f"job {job['job_id']} pending ({job['reason']}){requeued}"
+  elif state in ("RUNNING", "CONFIGURING", "COMPLETING", "SIGNALING", "REQUEUED"):
+    quiet = st.metrics_age
+    if state == "RUNNING" and quiet is not None and quiet > stall_seconds:
+      st.state = "stalled"
+      st.reason = f"job {job['job_id']} on {job['nodes']}: no metrics for {_fmt_age(quiet)}"
+    else:
+      st.state = "running"
+      st.reason = f"job {job['job_id']} {state.lower()} on {job['nodes']}{requeued}"
+  elif state in _JOB_FAILED or (job["exit"] not in (None, 0) and job["exit"] != 143):
+    st.state = "failed"
+    st.reason = (f"job {job['job_id']} {state.lower()}, exit code {job['exit_code'] or '?'}"
+                 + (f", trainer exit status {job['exit']}" if job["exit"] is not None else "")
+                 + requeued + "; see the log, then launch again to resume")
+  else:  # COMPLETED, or forgotten by SLURM, and the run not finished: stopped on request
+    st.state = "dead"
+    st.reason = (f"job {job['job_id']} ended ({state.lower()}), trainer exit status "
+                 f"{job['exit']}{requeued}; launch again to resume")
 
 
 def _fmt_age(seconds: float | None) -> str:
