@@ -109,18 +109,15 @@ def rel_err(a, b):
 def environment():
   dev = jax.devices()[0]
   env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-         "jax": jax.__version__, "jaxlib": getattr(jax.lib, "__version__", None),
+         "jax": jax.__version__,
          "backend": jax.default_backend(), "device": dev.device_kind,
          "device_count": jax.device_count(),
          "compute_capability": getattr(dev, "compute_capability", None),
          "available_implementations": list(kscan.available_implementations()),
          "kernel_import_errors": dict(kscan._KERNEL_IMPORT_ERRORS),
          "auto_kernels_order": list(kscan.AUTO_KERNELS)}
-  try:
-    import jaxlib  # pylint: disable=import-outside-toplevel
-    env["jaxlib"] = jaxlib.__version__
-  except ImportError:
-    pass
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  env["jaxlib"] = jaxlib.__version__  # jax needs it: always there
   try:
     env["nvidia_smi"] = subprocess.run(
         ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",

@@ -209,26 +209,9 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
   eval_step_fn = make_eval_step(mesh, parts.graphdef)
   schedule = make_schedule(tc, num_steps)
 
-  # --- Checkpoints (their shapes were checked against the config before anything was
-  # built): resume from the newest one that restores (damaged ones are moved aside).
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          state)
-  ckpts = checkpointing.Checkpoints(workdir, cc, is_main=is_main)
-  faults = FaultPolicy(config, ckpts, abstract, lambda: create_train_state(config, mesh)[1],
-                       mesh)
-  start_step, restored = 0, faults.restore(data.train_iter)
-  if restored is not None:
-    start_step, state = restored
-    log.info("resumed from %s/%s/%d", workdir, layout.CHECKPOINTS, start_step)
-  elif tc.get("init_from", ""):
-    state = _init_from(tc.init_from, state, parts, abstract)
-  elif resuming:
-    log.info("workdir %s has no checkpoint yet: starting from step 0", workdir)
-
-  # The save's checksum function compiles now, not in a stop's grace period.
-  checkpointing.state_checksums(state)
-  if is_main:
-    _warn_if_disk_too_small(workdir, state)
+  # --- Checkpoints: resume, or start from train.init_from, or from scratch.
+  faults, start_step, state = _starting_state(config, workdir, mesh, data, parts, state,
+                                              resuming, is_main)
 
   flops = float(flops_per_token(config.model, int(config.data.seq_len))["training"])
   peak, peak_source = metrics_lib.peak_tflops(devices[0], len(mesh.local_devices),
@@ -297,7 +280,7 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
         if scalars:
           writer.write_scalars(step, scalars)
         stop = stopper.signal is not None or (jax.process_count() > 1
-                                              and ckpts.reached_preemption(step))
+                                              and faults.ckpts.reached_preemption(step))
         if due(step, cc.every_steps, num_steps) or stop or step == stop_at:
           if data_order is not None:
             data_order.flush()
@@ -340,14 +323,44 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
   log.info("done at step %d in %s", step, _fmt_time(elapsed))
   summary = _summary(workdir, step, num_steps, elapsed, stop_signal, first_loss, final_eval,
                      config, ec.sample_prompt, sample)
-  failed = int(faults.counters["checkpoint_write_errors"])
-  if failed:
-    saved = layout.steps(workdir)
-    summary += (f"\n  write errors           {failed} checkpoint write(s) failed (full disk or "
-                f"I/O error; see {layout.TRAIN_LOG}); newest checkpoint: "
-                f"{saved[-1] if saved else 'none'}")
+  summary += _write_errors_line(workdir, faults)
   return TrainResult(step=step, final_metrics=final_eval,
                      state=state, summary=summary, stop_signal=int(stop_signal))
+
+
+def _starting_state(config, workdir, mesh, data, parts, state, resuming, is_main):
+  """(fault policy, start step, state). The checkpoints' shapes were checked against
+  the config before anything was built: resume from the newest one that restores
+  (damaged ones are moved aside), else start from train.init_from, else from `state`."""
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          state)
+  ckpts = checkpointing.Checkpoints(workdir, config.checkpoint, is_main=is_main)
+  faults = FaultPolicy(config, ckpts, abstract, lambda: create_train_state(config, mesh)[1],
+                       mesh)
+  start_step, restored = 0, faults.restore(data.train_iter)
+  if restored is not None:
+    start_step, state = restored
+    log.info("resumed from %s/%s/%d", workdir, layout.CHECKPOINTS, start_step)
+  elif config.train.get("init_from", ""):
+    state = _init_from(config.train.init_from, state, parts, abstract)
+  elif resuming:
+    log.info("workdir %s has no checkpoint yet: starting from step 0", workdir)
+  # The save's checksum function compiles now, not in a stop's grace period.
+  checkpointing.state_checksums(state)
+  if is_main:
+    _warn_if_disk_too_small(workdir, state)
+  return faults, start_step, state
+
+
+def _write_errors_line(workdir: str, faults: FaultPolicy) -> str:
+  """The summary's line on failed checkpoint writes ('' when none failed)."""
+  failed = int(faults.counters["checkpoint_write_errors"])
+  if not failed:
+    return ""
+  saved = layout.steps(workdir)
+  return (f"\n  write errors           {failed} checkpoint write(s) failed (full disk or "
+          f"I/O error; see {layout.TRAIN_LOG}); newest checkpoint: "
+          f"{saved[-1] if saved else 'none'}")
 
 
 def _warn_if_disk_too_small(workdir: str, state) -> None:

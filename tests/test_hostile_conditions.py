@@ -393,7 +393,11 @@ def test_eval_on_a_read_only_workdir_prints_first_then_one_line(finished, tmp_pa
   monkeypatch.setattr(evaluation.layout, "atomic_write", read_only)
   from absl import flags
   eval_cmd.define_flags() if "benchmark_tasks_dir" not in flags.FLAGS else None
-  flags.FLAGS(["eval", f"--workdir={finished}", "--splits=validation", "--max_tokens=200"])
+  # Each flag parsed alone: a whole-command parse would also validate the required
+  # flags of any other command line this process has imported (main's --config).
+  for name, value in (("workdir", finished), ("splits", "validation"), ("max_tokens", "200")):
+    flags.FLAGS[name].parse(value)
+  flags.FLAGS.mark_as_parsed()
   try:
     with pytest.raises(SystemExit) as e:
       eval_cmd.main(["eval"])
