@@ -10,7 +10,7 @@ defaults (which may change with the ablations): the head has no residual around 
 dense stack, dropout 0.1 (training only), every Linear drawn from N(0, 0.02) with zero
 biases, SWELU as (|z| + 1e-8)^k with k stored directly, bf16 matmuls (its autocast).
 Given the same weights it computes the original's logits (tests/test_torch_replica.py);
-`python -m mambaswelu_jax.torch_checkpoint` moves weights between the two
+`python -m mambaswelu_jax.cli.torch_checkpoint` moves weights between the two
 (docs/torch-checkpoints.md).
 """
 

@@ -8,9 +8,9 @@ and evaluation throughput.
 Both decoders are compiled once before timing (compilation excluded) and run greedy
 from random-init parameters (speed does not depend on the weights):
 
-  recurrent   `sampler.generate_tokens`: the prompt through `decode_step`, then one
+  recurrent   `sampling.generate_tokens`: the prompt through `decode_step`, then one
               `decode_step` per new token inside a `lax.scan` (constant work per token).
-  reforward   `sampler.reforward_tokens`: what the original project did, the full
+  reforward   `sampling.reforward_tokens`: what the original project did, the full
               forward over the whole sequence for every new token. To be fair to it the
               sequence buffer grows in power-of-two buckets (each bucket compiled
               before timing), so a step costs a forward over at most twice its length,
@@ -35,11 +35,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from mambaswelu_jax import restore
-from mambaswelu_jax import sampler
+from mambaswelu_jax.checkpointing import restore
+from mambaswelu_jax import sampling
 from mambaswelu_jax import steps
 from mambaswelu_jax.mesh import make_mesh, to_global
 from mambaswelu_jax.models import build_model, count_parameters
+from mambaswelu_jax.models.handle import split_model
 from study_lib.checkout import import_from_checkout
 
 import_from_checkout("configs")  # the config files import configs.common and configs.default
@@ -65,17 +66,16 @@ def random_run(config):
   """A restore.Run with random-init parameters (no workdir)."""
   mesh = make_mesh(jax.local_devices()[:1])
   model = build_model(config.model, nnx.Rngs(0))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  params, rest = jax.device_put((params, rest), NamedSharding(mesh, P()))
-  return restore.Run("", config, 0, "init", None, graphdef, params, rest, mesh), count_parameters(
+  handle, params = jax.device_put(split_model(model), NamedSharding(mesh, P()))
+  return restore.Run("", config, 0, "init", None, handle, params, mesh), count_parameters(
       params)
 
 
 def bench_recurrent(run, prompt, new, repeats):
-  args = (run.params, run.rest, jnp.asarray(prompt),
+  args = (run.params, run.handle, jnp.asarray(prompt),
           jnp.full((prompt.shape[0],), prompt.shape[1], jnp.int32), jax.random.key(0),
           jnp.float32(0.0), jnp.int32(0), jnp.float32(1.0), jnp.int32(-1))
-  fn = jax.jit(functools.partial(sampler.generate_tokens, graphdef=run.graphdef,
+  fn = jax.jit(functools.partial(sampling.generate_tokens,
                                  max_new_tokens=new)).lower(*args).compile()
   seconds, tokens = _best(lambda: fn(*args), repeats)
   return seconds, np.asarray(tokens)
@@ -92,9 +92,9 @@ def bench_reforward(run, prompt, new, repeats):
     length += steps
   fns = {}
   for size, start, steps in segments:
-    fn = jax.jit(functools.partial(sampler.reforward_tokens, graphdef=run.graphdef,
+    fn = jax.jit(functools.partial(sampling.reforward_tokens,
                                    max_new_tokens=steps))
-    args = (run.params, run.rest, jnp.zeros((b, size), jnp.int32), jnp.int32(start),
+    args = (run.params, run.handle, jnp.zeros((b, size), jnp.int32), jnp.int32(start),
             jax.random.key(0), jnp.float32(0.0), jnp.int32(0), jnp.float32(1.0))
     fns[(size, start)] = fn.lower(*args).compile()
 
@@ -103,7 +103,7 @@ def bench_reforward(run, prompt, new, repeats):
     for size, start, steps in segments:
       buf = np.zeros((b, size), np.int32)
       buf[:, :start] = seq
-      out = fns[(size, start)](run.params, run.rest, jnp.asarray(buf), jnp.int32(start),
+      out = fns[(size, start)](run.params, run.handle, jnp.asarray(buf), jnp.int32(start),
                                jax.random.key(0), jnp.float32(0.0), jnp.int32(0),
                                jnp.float32(1.0))
       seq = np.concatenate([seq, np.asarray(out)], 1)
@@ -123,12 +123,12 @@ def bench_eval(run, n_batches, repeats):
            "target_bytes": np.full((rows, seq), 4, np.int32),
            "text_type": np.zeros((rows, seq), np.int32)}
   arrays = to_global(batch, run.mesh)
-  fn = steps.make_eval_step(run.mesh, run.graphdef).lower(run.params, arrays, run.rest).compile()
+  fn = steps.make_eval_step(run.mesh).lower(run.params, run.handle, arrays).compile()
 
   def go():
     out = None
     for _ in range(n_batches):
-      out = fn(run.params, arrays, run.rest)
+      out = fn(run.params, run.handle, arrays)
     return out
 
   seconds, _ = _best(go, repeats)

@@ -8,7 +8,7 @@ on. Writes OUT/README.md and OUT/*.png. Missing pieces (an unevaluated run, no
 generations, no benchmarks) leave their section in place with what to run to fill it.
 
 To fill every section first:
-  python -m mambaswelu_jax.eval --workdir=runs/<run> --step=final
+  python -m mambaswelu_jax.cli.eval --workdir=runs/<run> --step=final
   python experiments/run_study.py --stage=evaluate,generate --root=runs --scale=full
 (the latter also cross-evaluates the Wikipedia run on the SlimPajama validation split for
 H1/H3, evaluates both long runs at common snapshot steps, and samples the shared prompts).

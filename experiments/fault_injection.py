@@ -39,10 +39,11 @@ import jax
 import numpy as np
 import pytest
 
-from mambaswelu_jax import checkpointing, train
-from mambaswelu_jax.data_order import read_data_order
+from mambaswelu_jax.checkpointing import orbax_store
+from mambaswelu_jax.training import train
+from mambaswelu_jax.data.order import read_data_order
 from mambaswelu_jax.mesh import make_mesh
-from mambaswelu_jax.steps import create_train_state
+from mambaswelu_jax.training.state import create_train_state
 from study_lib.checkout import ROOT, import_from_checkout
 
 ft = import_from_checkout("tests.test_fault_tolerance")
@@ -58,8 +59,8 @@ def _lost_steps(workdir, reference):
 
 
 def _params_equal(workdir, reference, abstract):
-  _, a = checkpointing.restore_params(workdir, abstract, kind="final")
-  _, b = checkpointing.restore_params(reference, abstract, kind="final")
+  _, a = orbax_store.restore_params(workdir, abstract, kind="final")
+  _, b = orbax_store.restore_params(reference, abstract, kind="final")
   return all(np.array_equal(np.asarray(x), np.asarray(y))
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
@@ -86,7 +87,7 @@ def run_fault(fault, seed, work, tok, reference, abstract):
     proc.send_signal(signal.SIGTERM)
     proc.wait()
     grace = time.time() - t0
-    saved = checkpointing.Checkpoints(workdir, ft.tiny(tok).checkpoint)
+    saved = orbax_store.Checkpoints(workdir, ft.tiny(tok).checkpoint)
     last = saved.latest_step()
     saved.close()
     ok = proc.returncode == train.PREEMPTED_EXIT_CODE
@@ -134,8 +135,8 @@ def run_fault(fault, seed, work, tok, reference, abstract):
                     ft.poison_params_at(at, leaf=int(rng.integers(0, 1 << 30))))
       result = train.train_and_evaluate(ft.tiny(tok, eval__every_steps=0), workdir)
       ok = result.step == ft.NUM_STEPS
-      for s in checkpointing.Checkpoints(workdir, ft.tiny(tok).checkpoint).states.all_steps():
-        _, p = checkpointing.restore_params(workdir, abstract, step=s, kind="checkpoints")
+      for s in orbax_store.Checkpoints(workdir, ft.tiny(tok).checkpoint).states.all_steps():
+        _, p = orbax_store.restore_params(workdir, abstract, step=s, kind="checkpoints")
         ok = ok and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(p))
       return ok, 0, f"NaN at step {at}; every checkpoint finite"
     if fault == "disk_full":

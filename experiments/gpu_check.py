@@ -302,19 +302,22 @@ def top_device_ops(trace_dir, limit=15):
 
 def train_worker(impl, micro_batch, smoke, steps, trace_dir):
   """Runs in its own process: compiles, times and traces the train step; prints JSON."""
-  from mambaswelu_jax import config_validation, memory_check, metrics  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import config_validation
+  from mambaswelu_jax.training import throughput
+  from mambaswelu_jax.training import memory_check  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.mesh import make_mesh, to_global  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.models.flops import flops_per_token  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax.steps import create_train_state, make_train_step  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.steps import make_train_step  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.training.state import create_train_state  # pylint: disable=import-outside-toplevel
   devices = jax.devices()
   config = study_config(impl, micro_batch, smoke)
   config = config_validation.resolve(config, num_devices=len(devices), process_count=1)
   accum = config_validation.check_batch(config, len(devices), 1)
   mesh = make_mesh(devices)
-  parts, state, rest = create_train_state(config, mesh)
+  parts, state, handle = create_train_state(config, mesh)
   step = make_train_step(mesh, parts, accum)
   g, seq_len = int(config.train.global_batch_size), int(config.data.seq_len)
-  compiled, compile_s = memory_check.compile_step(step.jitted, state, rest, mesh, g, seq_len)
+  compiled, compile_s = memory_check.compile_step(step.jitted, state, handle, mesh, g, seq_len)
   predicted = memory_check.memory_of(compiled, micro_batch, accum, False, compile_s)
   tokens = np.random.default_rng(0).integers(0, config.model.vocab_size, (g, seq_len + 1),
                                              dtype=np.int32)
@@ -322,22 +325,22 @@ def train_worker(impl, micro_batch, smoke, steps, trace_dir):
   one = jax.device_put(jnp.ones((), jnp.float32), jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec()))
   t0 = time.perf_counter()
-  state, m = compiled(state, batch, rest, one)
+  state, m = compiled(state, handle, batch, one)
   jax.block_until_ready(m)
   first_step_s = time.perf_counter() - t0
   for _ in range(2):
-    state, m = compiled(state, batch, rest, one)
+    state, m = compiled(state, handle, batch, one)
   jax.block_until_ready(m)
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()
-    state, m = compiled(state, batch, rest, one)
+    state, m = compiled(state, handle, batch, one)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
   stats = devices[0].memory_stats() or {}
   flops = flops_per_token(config.model, seq_len)["training"]
-  peak, peak_from = metrics.peak_tflops(devices[0], 1, 0.0)
+  peak, peak_from = throughput.peak_tflops(devices[0], 1, 0.0)
   tokens_per_s = g * seq_len / step_s
   result = {"impl": impl, "micro_batch": micro_batch, "accumulation": accum,
             "global_batch": g, "seq_len": seq_len, "parameters": parts.num_params,
@@ -358,7 +361,7 @@ def train_worker(impl, micro_batch, smoke, steps, trace_dir):
     try:
       with jax.profiler.trace(trace_dir):
         for _ in range(PROFILE_STEPS):
-          state, m = compiled(state, batch, rest, one)
+          state, m = compiled(state, handle, batch, one)
         jax.block_until_ready(m)
       ops, path = top_device_ops(trace_dir)
       result["profile_top_ops"] = ops

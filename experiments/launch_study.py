@@ -60,7 +60,7 @@ import time
 
 from study_lib import runs as runs_lib
 from study_lib import slurm as slurm_lib
-from mambaswelu_jax import process_count
+from mambaswelu_jax.training import process_count
 
 
 def plan(root: str, specs, devices: list) -> list[tuple]:

@@ -248,7 +248,6 @@ _ssm_chunked.defvjp(_ssm_chunked_vjp_fwd, _ssm_chunked_vjp_bwd)
 def _ssm_xla(u, dt, A, B, C, chunk_size):
   """(batch, length, ...) in and out; pads length to a multiple of the chunk."""
   b, l, d = u.shape
-  n = A.shape[1]
   T = max(1, min(chunk_size, l))
   nc = -(-l // T)
   pad = nc * T - l

@@ -115,7 +115,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.nonfinite_lr_factor = 0.5      # learning-rate scale applied at each reload
   config.train.max_nonfinite_reloads = 5      # then stop with exit status 4 (diverged)
   config.train.data_order_log = True   # DIR/data_order.jsonl: a hash of each step's batch
-  # Out-of-memory pre-flight (mambaswelu_jax/memory_check.py): before step 1 the train
+  # Out-of-memory pre-flight (mambaswelu_jax/training/memory_check.py): before step 1 the train
   # step is compiled and its memory compared with the device's; a step that does not fit
   # stops the run (exit status 2) naming the micro-batch (or model.remat) that fits.
   config.train.memory_check = True

@@ -56,13 +56,20 @@ _CHOICES = {
     "model.scan_impl": kscan.IMPLEMENTATIONS,
     "model.activation": ("swelu", "silu"),
     "model.mixer": ("selective", "gated_conv"),
-    "model.init": ("normal", "fan_in"),
-    "model.swelu_k_param": ("softplus", "direct"),
     "model.norm": ("layernorm", "rmsnorm"),
-    "model.architecture": ("mamba", "transformer"),
     "model.mlp": ("gelu", "swiglu"),
     "checkpoint.on_write_error": ("continue", "stop"),
 }
+
+
+def _choices() -> dict:
+  """The valid values of the keys that name a choice: the models' own registries where
+  they have one (imported here, not at import time: flax is heavy)."""
+  from mambaswelu_jax.models.layers import INITS  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.models.registry import ARCHITECTURES  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.models.swelu import K_PARAMS  # pylint: disable=import-outside-toplevel
+  return {**_CHOICES, "model.architecture": tuple(ARCHITECTURES), "model.init": INITS,
+          "model.swelu_k_param": K_PARAMS}
 
 
 # ----------------------------------------------------------------------------
@@ -170,7 +177,7 @@ def check_batch(config: ml_collections.ConfigDict, num_devices: int,
     raise ConfigError(
         f"config key 'train.global_batch_size' = {g} is not divisible by the "
         f"{process_count} processes of this run; use a multiple of {process_count}.")
-  s = int(t.get("data_streams", 0))
+  s = int(t.data_streams)
   _require(s >= 0, "train.data_streams", s, "it must be >= 0 (0: one per process)")
   if s and (s % process_count or g % s):
     raise ConfigError(
@@ -236,7 +243,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   for key in ("d_model", "n_layers", "d_state", "d_conv", "expand"):
     if key in m:
       _require(m[key] > 0, f"model.{key}", m[key], "it must be > 0")
-  if m.get("architecture", "mamba") == "transformer":
+  if m.architecture == "transformer":
     _require(m.n_heads > 0 and m.d_model % m.n_heads == 0, "model.n_heads", m.n_heads,
              f"it must be > 0 and divide model.d_model = {m.d_model}")
     _require(m.learned_positions or (m.d_model // m.n_heads) % 2 == 0, "model.n_heads",
@@ -244,10 +251,10 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _require(m.mlp_hidden >= 0, "model.mlp_hidden", m.mlp_hidden, "it must be >= 0 (0: default)")
     _require(m.max_len >= d.seq_len, "model.max_len", m.max_len,
              f"the Transformer's KV cache and positions must cover data.seq_len = {d.seq_len}")
-  if m.get("learned_positions", False) and "max_len" in m:
+  if m.learned_positions:
     _require(m.max_len >= d.seq_len, "model.max_len", m.max_len,
              f"the learned position table must cover data.seq_len = {d.seq_len}")
-  for key, choices in _CHOICES.items():
+  for key, choices in _choices().items():
     block, field = key.split(".")
     if field in config[block]:
       value = config[block][field]
@@ -267,7 +274,7 @@ def derived_num_steps(config: ml_collections.ConfigDict, num_params: int | None 
   """tokens_per_parameter x parameters / tokens per optimizer step, rounded."""
   if num_params is None:
     # Imported here: the model (and JAX) only when the count is needed.
-    from mambaswelu_jax.models.params import param_count  # pylint: disable=import-outside-toplevel
+    from mambaswelu_jax.models.registry import param_count  # pylint: disable=import-outside-toplevel
     num_params = param_count(config.model)
   return max(1, int(round(config.data.tokens_per_parameter * num_params / tokens_per_step(config))))
 

@@ -1,6 +1,6 @@
 """Evaluating a run's checkpoints: loss, perplexity and bits per byte per split and
 text type, lm-eval benchmarks, and the result files (the library of
-`python -m mambaswelu_jax.eval`).
+`python -m mambaswelu_jax.cli.eval`).
 
 For each split the run's own eval pipeline (`data.pipeline.make_eval_batches`:
 every token of every document is a target exactly once, in source order) gives
@@ -10,8 +10,8 @@ every token of every document is a target exactly once, in source order) gives
   bits_per_byte  Σ nll / (ln 2 · Σ UTF-8 bytes of the targets)   tokenizer independent
 
 (`perplexity.figures`, the formula every tool reports with) overall and per text type,
-with the token and byte counts beside each figure. The sums are the trainer's
-(`losses.eval_sums` through `steps.make_eval_step`), on this process's devices.
+with the token and byte counts beside each figure. The trainer's periodic validation
+runs the same code (`sum_batches`, `split_figures`) over its fixed validation subset.
 
 Results go to `DIR/eval/<step>.json`, merged with what an earlier call wrote, so
 benchmarks and perplexities can be computed separately.
@@ -27,10 +27,10 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from mambaswelu_jax import restore
+from mambaswelu_jax.checkpointing import restore
 from mambaswelu_jax import steps
 from mambaswelu_jax import workdir as layout
-from mambaswelu_jax.mesh import EVAL_KEYS, to_global
+from mambaswelu_jax.mesh import EVAL_KEYS, pad_rows, to_global
 from mambaswelu_jax.perplexity import figures
 from mambaswelu_jax.scoring import truncation_warning
 
@@ -38,6 +38,58 @@ from mambaswelu_jax.scoring import truncation_warning
 # ----------------------------------------------------------------------------
 # Perplexity and bits per byte over a split.
 # ----------------------------------------------------------------------------
+
+
+def sum_batches(step_fn, params, handle, batches, mesh, *, rows: int = 0,
+                max_batches: int = 0, vocab_size: int = 0) -> dict:
+  """Runs the eval step over `batches` (this process's rows; with `rows`, a short batch
+  is padded to that many zero-weight rows) and adds up, in float64:
+
+    totals   (num_types, 3) [nll, tokens, target bytes] per text type
+    counts   (vocab_size,) weighted target-token counts (vocab_size > 0 only)
+    seconds, timed   device time of the calls after the first (it compiles)
+  """
+  totals, counts = None, (np.zeros((vocab_size,), np.float64) if vocab_size else None)
+  seconds, timed, n = 0.0, 0, 0
+  keys = EVAL_KEYS + ("text_type",)
+  for i, batch in enumerate(batches):
+    if max_batches and i >= max_batches:
+      break
+    batch = pad_rows(batch, rows, keys) if rows else {k: batch[k] for k in keys}
+    if counts is not None:
+      t = np.asarray(batch["targets"]).reshape(-1)
+      w = np.asarray(batch["weights"], np.float64).reshape(-1)
+      counts += np.bincount(t, weights=w, minlength=vocab_size)[:vocab_size]
+    t0 = time.perf_counter()
+    sums = np.asarray(jax.device_get(step_fn(params, handle, to_global(batch, mesh))),
+                      np.float64)
+    if i > 0:  # the first call compiles: keep it out of the timing
+      seconds += time.perf_counter() - t0
+      timed += 1
+    totals = sums if totals is None else totals + sums
+    n += 1
+  if n == 1:  # one batch: its time is all there is
+    seconds, timed = time.perf_counter() - t0, 1
+  return {"totals": totals, "counts": counts, "seconds": seconds, "timed": timed}
+
+
+def split_figures(totals, types) -> dict:
+  """Loss / perplexity / bits per byte overall and per text type (`by_type`, types with
+  tokens only) from the per-type sums."""
+  out = figures(*totals.sum(0))
+  out["by_type"] = {t: figures(*totals[i]) for i, t in enumerate(types) if totals[i, 1] > 0}
+  return out
+
+
+def unigram_entropy(counts) -> float:
+  """The entropy (nats) of the target tokens' frequencies, over every process: the loss
+  of a model that ignores context."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    counts = np.asarray(multihost_utils.process_allgather(counts)).reshape(
+        -1, counts.shape[0]).sum(0)
+  p = counts[counts > 0] / counts.sum()
+  return float(-(p * np.log(p)).sum())
 
 
 def evaluate_split(run: restore.Run, split: str, *, max_tokens: int = 0,
@@ -51,27 +103,25 @@ def evaluate_split(run: restore.Run, split: str, *, max_tokens: int = 0,
   # One process evaluates the whole split on its own devices (the run's mesh is local).
   batches = pipeline.make_eval_batches(source, run.tokenizer, split, global_batch, seq_len,
                                        max_tokens=max_tokens)
-  types = list(source.text_types) or ["text"]
+  types = text_types(source)
   step_fn = restore.cached("eval_sums", run, lambda: steps.make_eval_step(
-      run.mesh, run.graphdef, len(types)), len(types))
-  totals = np.zeros((len(types), 3), np.float64)
-  seconds, timed = 0.0, 0
-  for i, batch in enumerate(batches):
-    arrays = to_global({k: batch[k] for k in EVAL_KEYS + ("text_type",)}, run.mesh)
-    t0 = time.perf_counter()
-    totals += np.asarray(jax.device_get(step_fn(run.params, arrays, run.rest)), np.float64)
-    if i > 0 or len(batches) == 1:  # the first call compiles: keep it out of the timing
-      seconds += time.perf_counter() - t0
-      timed += 1
-  overall = totals.sum(0)
-  out = figures(*overall)
-  out["by_type"] = {t: figures(*totals[i]) for i, t in enumerate(types) if totals[i, 1] > 0}
-  out["seconds"] = seconds
+      run.mesh, len(types)), len(types))
+  got = sum_batches(step_fn, run.params, run.handle, batches, run.mesh)
+  if got["totals"] is None:
+    got["totals"] = np.zeros((len(types), 3))
+  out = split_figures(got["totals"], types)
+  out["seconds"] = got["seconds"]
   # Tokens the model ran over (padding rows included) per second of device time.
-  out["tokens_per_second"] = timed * global_batch * seq_len / seconds if seconds else 0.0
+  out["tokens_per_second"] = (got["timed"] * global_batch * seq_len / got["seconds"]
+                              if got["seconds"] else 0.0)
   out["skipped_documents"] = dict(getattr(batches, "skipped", {}) or {})
   out["max_tokens"] = int(max_tokens)
   return out
+
+
+def text_types(source) -> list[str]:
+  """The text types the eval batches' `text_type` indexes (one, "text", when untyped)."""
+  return list(source.text_types) or ["text"]
 
 
 # ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ module imported first, which registers the model name `mambaswelu` (lm-eval find
 models through its registry, so a plain `lm_eval` process would not know it). From
 Python: `import mambaswelu_jax.lm_eval_adapter` and then `lm_eval.simple_evaluate(
 model="mambaswelu", model_args="workdir=DIR", ...)`, or `run_benchmarks(run, tasks)`
-(what `python -m mambaswelu_jax.eval --benchmarks=...` calls).
+(what `python -m mambaswelu_jax.cli.eval --benchmarks=...` calls).
 
 model_args: workdir (required), step (latest | final | N), max_length (a cap on the
 tokens read at once; default none beyond the model's own limit), max_gen_toks (default
@@ -59,10 +59,10 @@ except ImportError as _e:
   raise ImportError("lm-eval is not installed: pip install -e '.[eval]' "
                     "(or pip install torch==<a CPU build> lm-eval)") from _e
 
-from mambaswelu_jax import restore
+from mambaswelu_jax.checkpointing import restore
 from mambaswelu_jax import scoring
 from mambaswelu_jax import workdir as layout
-from mambaswelu_jax.generation import Generator
+from mambaswelu_jax.sampling import Generator
 
 log = logging.getLogger("mambaswelu_jax.lm_eval_adapter")
 

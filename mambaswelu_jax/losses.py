@@ -7,7 +7,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
 from mambaswelu_jax.mesh import DATA_AXIS
 
@@ -17,11 +16,11 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
 
 
-def eval_sums(params: Any, batch: dict, rest: Any, *, graphdef: Any, num_types: int = 1,
+def eval_sums(params: Any, handle: Any, batch: dict, *, num_types: int = 1,
               axis_name: str | None = DATA_AXIS) -> jax.Array:
   """(num_types, 3) float32 weighted sums of [nll, tokens, target bytes] per text type
   (batch["text_type"], needed when num_types > 1), summed over the mesh."""
-  logits = nnx.merge(graphdef, params, rest)(batch["inputs"])
+  logits = handle.bind(params)(batch["inputs"])
   nll = token_nll(logits, batch["targets"])
   w = batch["weights"].astype(jnp.float32)
   nbytes = batch["target_bytes"].astype(jnp.float32)

@@ -167,16 +167,16 @@ def main(argv):
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
     _quiet_closed_loop_errors()
   maybe_initialize_distributed()
-  from mambaswelu_jax import process_count  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.training import process_count  # pylint: disable=import-outside-toplevel
   refused = process_count.mismatch(_WORKDIR.value, jax_process_count())
   if refused:
     _fail(refused)
-  from mambaswelu_jax import compile_cache  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.training import compile_cache  # pylint: disable=import-outside-toplevel
   compile_cache.setup(_CONFIG.value)
-  from mambaswelu_jax import train  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.training import train  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.config_validation import ConfigError  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.data.sources import DataError  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax.fault_tolerance import TrainingStopped  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.training.fault_tolerance import TrainingStopped  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.workdir import WorkdirLocked  # pylint: disable=import-outside-toplevel
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,

@@ -12,16 +12,14 @@ its recurrent state, in pieces, with constant memory and the same numbers.
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mambaswelu_jax import restore
+from mambaswelu_jax.checkpointing import restore
 from mambaswelu_jax.mesh import DATA_AXIS
 
 
@@ -51,23 +49,23 @@ def fit_request(context: Sequence[int], continuation: Sequence[int],
   return seq, min(len(continuation), len(seq) - 1), cut
 
 
-def continuation_logprobs(params, inputs, targets, rest, *, graphdef):
+def continuation_logprobs(params, handle, inputs, targets):
   """(log p(target), target == argmax) per position, float32 / bool (b, L).
 
   log p = logit - logsumexp(logits): no second (b, L, vocab) array beside the logits."""
-  logits = nnx.merge(graphdef, params, rest)(inputs).astype(jnp.float32)
+  logits = handle.bind(params)(inputs).astype(jnp.float32)
   picked = (jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
             - jax.nn.logsumexp(logits, -1))
   return picked, jnp.argmax(logits, -1) == targets
 
 
-def recurrent_logprobs(params, rest, cache, inputs, targets, *, graphdef):
+def recurrent_logprobs(params, handle, cache, inputs, targets):
   """continuation_logprobs one token at a time through the model's recurrent state:
   (cache after the piece, log p (b, T), greedy (b, T)) for inputs that continue `cache`.
   Memory does not grow with the length; the numbers are the forward pass's."""
   def step(cache, xs):
     token, target = xs
-    logits, cache = nnx.merge(graphdef, params, rest).decode_step(token, cache)
+    logits, cache = handle.bind(params).decode_step(token, cache)
     logits = logits.astype(jnp.float32)
     picked = (jnp.take_along_axis(logits, target[:, None], -1)[:, 0]
               - jax.nn.logsumexp(logits, -1))
@@ -80,8 +78,7 @@ def _score_recurrent(run: restore.Run, seq: Sequence[int], n: int,
                      piece: int) -> tuple[float, bool]:
   """One sequence longer than one forward pass may take: pieces of `piece` tokens, each
   continuing the recurrent state of the one before (every token sees its whole past)."""
-  fn = restore.cached("recurrent_scorer", run, lambda: jax.jit(
-      functools.partial(recurrent_logprobs, graphdef=run.graphdef)), piece)
+  fn = restore.cached("recurrent_scorer", run, lambda: jax.jit(recurrent_logprobs), piece)
   length = len(seq) - 1
   inputs = np.zeros((1, -(-length // piece) * piece), np.int32)
   targets = np.zeros_like(inputs)
@@ -89,7 +86,7 @@ def _score_recurrent(run: restore.Run, seq: Sequence[int], n: int,
   cache = run.model.init_cache(1)
   logp, greedy = [], []
   for start in range(0, inputs.shape[1], piece):
-    cache, lp, gr = fn(run.params, run.rest, cache, inputs[:, start:start + piece],
+    cache, lp, gr = fn(run.params, run.handle, cache, inputs[:, start:start + piece],
                        targets[:, start:start + piece])
     logp.append(np.asarray(lp[0]))
     greedy.append(np.asarray(gr[0]))
@@ -101,9 +98,8 @@ def make_scorer(run: restore.Run):
   """jit(shard_map(continuation_logprobs)): rows split over the run's devices; it compiles
   once per (rows, length) shape and is shared by runs of one model config."""
   def build():
-    fn = functools.partial(continuation_logprobs, graphdef=run.graphdef)
-    return jax.jit(jax.shard_map(fn, mesh=run.mesh,
-                                 in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
+    return jax.jit(jax.shard_map(continuation_logprobs, mesh=run.mesh,
+                                 in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS)),
                                  out_specs=P(DATA_AXIS), check_vma=False))
   return restore.cached("scorer", run, build)
 
@@ -174,8 +170,8 @@ def score_sequences(run: restore.Run,
       inputs[j, :len(seq) - 1] = seq[:-1]
       targets[j, :len(seq) - 1] = seq[1:]
     logp, greedy = jax.device_get(scorer(
-        run.params, jax.device_put(inputs, row_sharding),
-        jax.device_put(targets, row_sharding), run.rest))
+        run.params, run.handle, jax.device_put(inputs, row_sharding),
+        jax.device_put(targets, row_sharding)))
     for j, (i, seq, n) in enumerate(chunk):
       end = len(seq) - 1
       results[i] = (float(np.sum(logp[j, end - n:end], dtype=np.float64)),

@@ -22,7 +22,7 @@ def trained_workdir(tmp_path_factory):
   full checkpoints and params-only snapshots at steps 4 and 8, final params at 8).
   Shared by the eval, generate and lm-eval tests; treat it as read-only."""
   from configs import demo
-  from mambaswelu_jax import train
+  from mambaswelu_jax.training import train
   workdir = str(tmp_path_factory.mktemp("trained_run"))
   train.train_and_evaluate(demo.get_config("tiny"), workdir)
   return workdir
@@ -33,7 +33,7 @@ def trained_transformer_workdir(tmp_path_factory):
   """The same small run with the Transformer baseline (configs/demo.py:tiny, two heads):
   the eval, generation and lm-eval tests run on both architectures. Read-only."""
   from configs import demo
-  from mambaswelu_jax import train
+  from mambaswelu_jax.training import train
   config = demo.get_config("tiny")
   config.model.architecture = "transformer"
   config.model.n_heads = 2

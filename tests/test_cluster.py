@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import launch_study
-from mambaswelu_jax import restore
+from mambaswelu_jax.checkpointing import restore
 from study_lib import runs as runs_lib
 from mambaswelu_jax.metrics import read_jsonl
 

@@ -5,7 +5,7 @@ import jax
 import pytest
 
 from configs import demo
-from mambaswelu_jax import compile_cache
+from mambaswelu_jax.training import compile_cache
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import ml_collections
 import pytest
 
 from configs import default, demo, slimpajama_chinchilla, slimpajama_llama, wikipedia_llama
-from mambaswelu_jax import checkpointing
+from mambaswelu_jax.checkpointing import run_config
 from mambaswelu_jax import config_validation as cv
 from mambaswelu_jax.config_validation import ConfigError
 
@@ -63,7 +63,7 @@ def test_steps_from_tokens_per_parameter():
 
 def test_original_124m_parameter_count_without_allocating():
   from configs import original_124m
-  from mambaswelu_jax.models.params import param_count
+  from mambaswelu_jax.models.registry import param_count
   assert param_count(original_124m.get_config().model) == 124_104_719
 
 
@@ -200,40 +200,40 @@ def test_global_batch_not_divisible_by_processes():
 
 def test_workdir_refuses_another_config(tmp_path):
   c = cv.resolve(_demo())
-  assert not checkpointing.check_config(str(tmp_path), c)
+  assert not run_config.check_config(str(tmp_path), c)
   assert not (tmp_path / "config.json").exists()  # checking writes nothing
-  checkpointing.record_config(str(tmp_path), c, step=0)
+  run_config.record_config(str(tmp_path), c, step=0)
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["train"]["num_steps"] == c.train.num_steps
-  assert checkpointing.check_config(str(tmp_path), c)  # same config: fine
+  assert run_config.check_config(str(tmp_path), c)  # same config: fine
   other = _demo()
   other.train.learning_rate = 1e-2
-  with pytest.raises(checkpointing.WorkdirConfigMismatch,
+  with pytest.raises(run_config.WorkdirConfigMismatch,
                      match=r"(?s)train.learning_rate: 0.003 -> 0.01.*--config.checkpoint."
                            r"allow_config_change=True"):
-    checkpointing.check_config(str(tmp_path), cv.resolve(other))
+    run_config.check_config(str(tmp_path), cv.resolve(other))
   # Logging, evaluation, checkpoint cadence and the micro-batch may change on resume.
   ok = _demo()
   ok.train.log_every_steps, ok.eval.every_steps, ok.train.micro_batch_per_device = 1, 1, 1
   ok.checkpoint.every_steps = 1
-  assert checkpointing.check_config(str(tmp_path), cv.resolve(ok))
+  assert run_config.check_config(str(tmp_path), cv.resolve(ok))
   other.checkpoint.allow_config_change = True
-  assert checkpointing.check_config(str(tmp_path), cv.resolve(other))
+  assert run_config.check_config(str(tmp_path), cv.resolve(other))
   # An accepted change is recorded beside the old config, not over it.
   old_text = (tmp_path / "config.json").read_text()
-  checkpointing.record_config(str(tmp_path), cv.resolve(other), step=5)
+  run_config.record_config(str(tmp_path), cv.resolve(other), step=5)
   assert json.loads((tmp_path / "config.json").read_text())["train"]["learning_rate"] == 0.01
   kept = list((tmp_path / "config_history").iterdir())
   assert len(kept) == 1 and kept[0].name.startswith("config.until_step_5.")
   assert kept[0].read_text() == old_text
-  checkpointing.record_config(str(tmp_path), cv.resolve(other), step=6)  # unchanged: no copy
+  run_config.record_config(str(tmp_path), cv.resolve(other), step=6)  # unchanged: no copy
   assert len(list((tmp_path / "config_history").iterdir())) == 1
 
 
 def test_checkpoints_without_config_refused(tmp_path):
   (tmp_path / "checkpoints" / "5").mkdir(parents=True)
-  with pytest.raises(checkpointing.WorkdirConfigMismatch, match="no config.json"):
-    checkpointing.check_config(str(tmp_path), cv.resolve(_demo()))
+  with pytest.raises(run_config.WorkdirConfigMismatch, match="no config.json"):
+    run_config.check_config(str(tmp_path), cv.resolve(_demo()))
 
 
 # --- the command line -----------------------------------------------------------
@@ -274,7 +274,7 @@ def test_data_streams_must_fit_processes_and_batch():
 def test_missing_data_names_the_key(tmp_path):
   """A tokenizer file or a data directory that is not there: an error naming the key,
   before the model is built."""
-  from mambaswelu_jax import train
+  from mambaswelu_jax.training import train
   from mambaswelu_jax.data.sources import DataError
   c = _demo()
   c.data.tokenizer_path = str(tmp_path / "missing.model")

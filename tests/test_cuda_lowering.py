@@ -227,6 +227,7 @@ from jax import export as jax_export
 from jax.sharding import NamedSharding, PartitionSpec as P
 from configs import default
 from mambaswelu_jax import mesh as mesh_lib, steps
+from mambaswelu_jax.training import state as train_state
 
 def export_step(impl, accum=2, micro=1):
   config = default.get_config()
@@ -240,12 +241,12 @@ def export_config(config, accum, micro):
   boxed = []
 
   def build():
-    parts, state, rest = steps.create_train_state(config, mesh)
+    parts, state, handle = train_state.create_train_state(config, mesh)
     boxed.append(parts)
-    return state, rest
+    return state, handle
 
   t0 = time.time()
-  state, rest = jax.eval_shape(build)
+  state, handle = jax.eval_shape(build)
   step = steps.make_train_step(mesh, boxed[0], accum)
   rows = len(devices) * accum * micro
   tokens = jax.ShapeDtypeStruct((rows, seq), jnp.int32,
@@ -255,7 +256,7 @@ def export_config(config, accum, micro):
   lr = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
   disabled = [jax_export.DisabledSafetyCheck.custom_call(t) for t in sys.argv[2:]]
   exp = jax_export.export(step.jitted, platforms=["cuda"], disabled_checks=disabled)(
-      replicated(state), {"inputs": tokens, "targets": tokens}, replicated(rest), lr)
+      replicated(state), replicated(handle), {"inputs": tokens, "targets": tokens}, lr)
   text = exp.mlir_module()
   calls = collections.Counter()
   for line in text.splitlines():

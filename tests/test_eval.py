@@ -1,4 +1,4 @@
-"""`mambaswelu_jax.eval` on a small trained workdir: splits, text types, bits per byte,
+"""`mambaswelu_jax.cli.eval` on a small trained workdir: splits, text types, bits per byte,
 params-only restore, other device counts, and the errors a user meets."""
 
 import json
@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mambaswelu_jax import checkpointing
+from mambaswelu_jax.checkpointing import orbax_store
 from mambaswelu_jax import evaluation
-from mambaswelu_jax import restore
+from mambaswelu_jax.checkpointing import restore
 from mambaswelu_jax.data import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,7 +111,7 @@ def test_params_only_restore(trained_workdir):
   assert snap.kind == "snapshots"
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           snap.params)
-  step, full = checkpointing.restore_params(trained_workdir, abstract, 4, kind="checkpoints")
+  step, full = orbax_store.restore_params(trained_workdir, abstract, 4, kind="checkpoints")
   assert step == 4
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(snap.params), jax.device_get(full))
   final = restore.load_run(trained_workdir, "final")
@@ -160,7 +160,7 @@ def test_eval_on_another_device_count(trained_workdir, tmp_path):
   shutil.copytree(trained_workdir, copy, ignore=shutil.ignore_patterns("final", "snapshots"))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  cmd = [sys.executable, "-m", "mambaswelu_jax.eval", f"--workdir={copy}",
+  cmd = [sys.executable, "-m", "mambaswelu_jax.cli.eval", f"--workdir={copy}",
          "--step=8", "--splits=validation", "--max_tokens=256", "--batch_per_device=2",
          f"--output_dir={tmp_path}"]
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)

@@ -17,8 +17,12 @@ import jax
 import numpy as np
 import pytest
 
-from mambaswelu_jax import checkpointing, fault_tolerance, steps, train
-from mambaswelu_jax.data_order import read_data_order
+from mambaswelu_jax.checkpointing import orbax_store
+from mambaswelu_jax import steps
+from mambaswelu_jax.training import state as train_state
+from mambaswelu_jax.training import fault_tolerance
+from mambaswelu_jax.training import train
+from mambaswelu_jax.data.order import read_data_order
 from mambaswelu_jax.mesh import make_mesh, to_global
 from mambaswelu_jax.metrics import read_jsonl
 from tests.test_train import tiny as train_tiny
@@ -44,7 +48,7 @@ def poison_params_at(call: int, leaf: int = 0):
     step_fn = real_make(*args, **kwargs)
     calls = {"n": 0}
 
-    def poisoned(state, batch, rest, lr_scale=None):
+    def poisoned(state, handle, batch, lr_scale=None):
       calls["n"] += 1
       if calls["n"] == call:
         params = jax.tree.map(np.array, jax.device_get(state["params"]))
@@ -52,7 +56,7 @@ def poison_params_at(call: int, leaf: int = 0):
         flat[leaf % len(flat)].reshape(-1)[0] = np.nan
         sharding = jax.tree.leaves(state["params"])[0].sharding
         state = dict(state, params=jax.device_put(params, sharding))
-      return step_fn(state, batch, rest, lr_scale)
+      return step_fn(state, handle, batch, lr_scale)
     poisoned.jitted = step_fn.jitted  # what the memory pre-flight compiles
     return poisoned
   return make
@@ -93,21 +97,21 @@ def test_nonfinite_step_leaves_state_unchanged(tokenizer_path):
   optimizer state as they were and reports skipped_update = 1; a good batch updates."""
   config = tiny(tokenizer_path)
   mesh = make_mesh(jax.devices()[:1])
-  parts, state, rest = steps.create_train_state(config, mesh)
+  parts, state, handle = train_state.create_train_state(config, mesh)
   step_fn = steps.make_train_step(mesh, parts, accum_steps=4)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, 512, (8, 33), dtype=np.int32)
   good = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
 
   before = jax.device_get(state)
-  state, m = step_fn(state, to_global(_bad_batch(good, 512), mesh), rest)
+  state, m = step_fn(state, handle, to_global(_bad_batch(good, 512), mesh))
   assert float(m["skipped_update"]) == 1.0 and not np.isfinite(float(m["train_loss"]))
   assert_same(state["params"], before["params"])
   assert_same(state["opt_state"], before["opt_state"])
   assert int(state["step"]) == 1  # the batch is consumed
 
   for _ in range(2):  # the warmup's first learning rate is 0: the skip did not advance it
-    state, m = step_fn(state, to_global(good, mesh), rest)
+    state, m = step_fn(state, handle, to_global(good, mesh))
     assert float(m["skipped_update"]) == 0.0
   changed = jax.device_get(state)
   assert any(not np.array_equal(a, b) for a, b in zip(leaves(changed["params"]),
@@ -118,7 +122,7 @@ def test_nonfinite_step_leaves_state_unchanged(tokenizer_path):
   first = jax.tree.leaves(poisoned["params"])[0]
   first[(0,) * first.ndim] = np.nan
   state = jax.device_put(poisoned, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  state, m = step_fn(state, to_global(good, mesh), rest)
+  state, m = step_fn(state, handle, to_global(good, mesh))
   assert float(m["skipped_update"]) == 1.0
   assert_same(state["params"], poisoned["params"])
 
@@ -165,10 +169,10 @@ def test_nonfinite_param_is_never_checkpointed(tokenizer_path, tmp_path, monkeyp
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                           result.state["params"])
   for kind in ("checkpoints", "final"):
-    _, params = checkpointing.restore_params(workdir, abstract, step=8, kind=kind)
+    _, params = orbax_store.restore_params(workdir, abstract, step=8, kind=kind)
     assert all(np.all(np.isfinite(x)) for x in leaves(params)), kind
-  _, at4 = checkpointing.restore_params(workdir, abstract, step=4, kind="checkpoints")
-  _, at8 = checkpointing.restore_params(workdir, abstract, step=8, kind="checkpoints")
+  _, at4 = orbax_store.restore_params(workdir, abstract, step=4, kind="checkpoints")
+  _, at8 = orbax_store.restore_params(workdir, abstract, step=8, kind="checkpoints")
   assert_same(at4, at8)  # every update after the NaN was skipped
 
 
@@ -203,7 +207,7 @@ def corrupt(step_dir, how, seed=0):
 @pytest.fixture(scope="module")
 def abstract_state(tokenizer_path):
   mesh = make_mesh(jax.devices()[:1])
-  _, state, _ = steps.create_train_state(tiny(tokenizer_path), mesh)
+  _, state, _ = train_state.create_train_state(tiny(tokenizer_path), mesh)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                       state)
 
@@ -213,7 +217,7 @@ def test_corrupt_latest_checkpoint_falls_back(straight, abstract_state, tmp_path
   workdir = str(tmp_path / "w")
   shutil.copytree(straight[0], workdir)
   corrupt(os.path.join(workdir, "checkpoints", "8"), how)
-  ckpts = checkpointing.Checkpoints(workdir, tiny("").checkpoint)
+  ckpts = orbax_store.Checkpoints(workdir, tiny("").checkpoint)
   with caplog.at_level("WARNING", logger="mambaswelu_jax"):
     step, state = ckpts.restore_latest(abstract_state, None)
   ckpts.close()
@@ -221,7 +225,7 @@ def test_corrupt_latest_checkpoint_falls_back(straight, abstract_state, tmp_path
   assert "checkpoints/8 does not restore, skipping it" in caplog.text
   assert "the newer one(s) 8 were skipped" in caplog.text
   _, reference = straight
-  reference4 = checkpointing.restore_params(straight[0], abstract_state["params"], step=4,
+  reference4 = orbax_store.restore_params(straight[0], abstract_state["params"], step=4,
                                             kind="checkpoints")[1]
   assert_same(state["params"], reference4)
 
@@ -241,7 +245,7 @@ def test_resume_after_garbage_in_latest_checkpoint(straight, tokenizer_path, tmp
 
 
 def test_eval_on_corrupt_step_names_the_file(straight, tmp_path):
-  from mambaswelu_jax import restore
+  from mambaswelu_jax.checkpointing import restore
   workdir = str(tmp_path / "w")
   shutil.copytree(straight[0], workdir)
   # Every array data file of step 8 (a full state's may hold only optimizer arrays,
@@ -297,7 +301,7 @@ def test_write_error_keeps_earlier_checkpoints(tokenizer_path, tmp_path, monkeyp
     assert meta["checkpoint_write_errors"] == 1
   log = _log(workdir)
   assert "failed; earlier checkpoints are intact" in log and "No space left" in log
-  ckpts = checkpointing.Checkpoints(workdir, config.checkpoint)
+  ckpts = orbax_store.Checkpoints(workdir, config.checkpoint)
   saved = sorted(ckpts.states.all_steps())
   restored = ckpts.restore_latest(abstract_state, None)
   ckpts.close()
@@ -408,8 +412,8 @@ def check_nothing_lost(workdir, reference_workdir, abstract_params):
   assert sorted(got) == sorted(want) == list(range(1, NUM_STEPS + 1))
   for step, hashes in got.items():
     assert set(hashes) == set(want[step]), f"step {step}: batches {hashes} != {want[step]}"
-  _, a = checkpointing.restore_params(workdir, abstract_params, kind="final")
-  _, b = checkpointing.restore_params(reference_workdir, abstract_params, kind="final")
+  _, a = orbax_store.restore_params(workdir, abstract_params, kind="final")
+  _, b = orbax_store.restore_params(reference_workdir, abstract_params, kind="final")
   assert_same(a, b)
   return sum(len(h) - 1 for h in got.values())  # steps replayed after kills
 

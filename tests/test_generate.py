@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mambaswelu_jax import generate as gen
-from mambaswelu_jax import generation
-from mambaswelu_jax import restore
-from mambaswelu_jax import sampler
+from mambaswelu_jax.cli import generate as gen
+from mambaswelu_jax import sampling
+from mambaswelu_jax.checkpointing import restore
+from mambaswelu_jax import sampling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEG = float(jnp.finfo(jnp.float32).min)
@@ -31,11 +31,11 @@ def run(trained_workdir):
 def g(run):
   """One generator (and so one compilation cache): the tests below share two shapes,
   batch 1 or 3, prompts of at most 8 tokens, 16 new tokens."""
-  return generation.Generator(run)
+  return sampling.Generator(run)
 
 
 def _kept(logits, top_k, top_p):
-  out = sampler.filter_logits(jnp.asarray(logits, jnp.float32), jnp.int32(top_k), jnp.float32(top_p))
+  out = sampling.filter_logits(jnp.asarray(logits, jnp.float32), jnp.int32(top_k), jnp.float32(top_p))
   return (np.asarray(out) > NEG).tolist()
 
 
@@ -56,7 +56,7 @@ def test_top_k_and_top_p_filters():
 def test_sampling_frequencies_follow_the_filtered_distribution():
   probs = np.array([0.05, 0.4, 0.15, 0.3, 0.1])
   logits = jnp.asarray(np.log(probs)[None].repeat(4000, 0), jnp.float32)
-  draw = jax.jit(sampler.sample_token)
+  draw = jax.jit(sampling.sample_token)
 
   def freq(temperature, k, p, seed=0):
     t = np.asarray(draw(logits, jax.random.key(seed), jnp.float32(temperature), jnp.int32(k),
@@ -76,7 +76,7 @@ def test_same_seed_same_text(run, g):
   kw = dict(max_new_tokens=16, num_samples=3, temperature=1.0, top_k=50, top_p=0.9,
             stop_at_eos=False)
   a = g.generate("def ", seed=7, **kw)
-  b = generation.Generator(run).generate("def ", seed=7, **kw)   # a new generator, same text
+  b = sampling.Generator(run).generate("def ", seed=7, **kw)   # a new generator, same text
   c = g.generate("def ", seed=8, **kw)
   assert a.tokens == b.tokens and a.texts == b.texts
   assert a.tokens != c.tokens
@@ -92,9 +92,8 @@ def test_recurrent_decoding_equals_full_reforward(run, g):
   (fast,), _, _ = g.generate_ids([prompt], new, temperature=0.0, stop_at_eos=False)
   buf = np.zeros((1, 64), np.int32)
   buf[0, :len(prompt)] = prompt
-  fn = jax.jit(functools.partial(sampler.reforward_tokens, graphdef=run.graphdef,
-                                 max_new_tokens=new))
-  slow = fn(run.params, run.rest, jnp.asarray(buf), jnp.int32(len(prompt)), jax.random.key(0),
+  fn = jax.jit(functools.partial(sampling.reforward_tokens, max_new_tokens=new))
+  slow = fn(run.params, run.handle, jnp.asarray(buf), jnp.int32(len(prompt)), jax.random.key(0),
             jnp.float32(0.0), jnp.int32(0), jnp.float32(1.0))
   assert fast == np.asarray(slow)[0].tolist()
 
@@ -124,7 +123,7 @@ def test_command_line_two_runs_side_by_side(trained_workdir, tmp_path):
   out_json = tmp_path / "samples.json"
   other = tmp_path / "other_run"
   shutil.copytree(trained_workdir, other)
-  cmd = [sys.executable, "-m", "mambaswelu_jax.generate",
+  cmd = [sys.executable, "-m", "mambaswelu_jax.cli.generate",
          f"--workdir={trained_workdir},{other}", "--step=4", "--prompt=def main(",
          "--max_new_tokens=16", "--num_samples=2", "--seed=3", "--width=120",
          f"--output_json={out_json}"]
@@ -144,10 +143,9 @@ def test_command_line_two_runs_side_by_side(trained_workdir, tmp_path):
 
 
 def test_trainers_end_of_run_sample_is_the_same_sampler(run, g):
-  """sampler.sample_text (the trainer's sample in train.log and TensorBoard) is generate's
+  """sampling.sample_text (the trainer's sample in train.log and TensorBoard) is generate's
   sampler: greedy, it gives the Generator's tokens for the same prompt."""
-  text = sampler.sample_text(run.graphdef, run.params, run.rest, run.tokenizer, "import os\n",
-                             16, 0.0)
+  text = sampling.sample_text(run.handle, run.params, run.tokenizer, "import os\n", 16, 0.0)
   (ids,), _, _ = g.generate_ids([g.encode_prompt("import os\n")], 16, temperature=0.0,
                                 stop_at_eos=False)
   assert text == run.tokenizer.decode(ids)

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mambaswelu_jax import restore
+from mambaswelu_jax.checkpointing import restore
 from mambaswelu_jax import scoring
-from mambaswelu_jax import gen_quality as gq
+from mambaswelu_jax.cli import gen_quality as gq
 
 
 def test_distinct_and_repetition_by_hand():

@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mambaswelu_jax import checkpointing, train
+from mambaswelu_jax.checkpointing import run_config
+from mambaswelu_jax.training import train
 from mambaswelu_jax import workdir as layout
-from mambaswelu_jax.data_order import read_data_order
+from mambaswelu_jax.data.order import read_data_order
 from mambaswelu_jax.metrics import read_jsonl
 from tests.test_train import ROOT, tiny
 
@@ -103,9 +104,9 @@ def _hook_train_step(monkeypatch, before_step):
     step_fn = real_make(*args, **kwargs)
     calls = {"n": 0}
 
-    def step(state, batch, rest, lr_scale=None):
+    def step(state, handle, batch, lr_scale=None):
       calls["n"] += 1
-      return step_fn(state, before_step(calls["n"], batch), rest, lr_scale)
+      return step_fn(state, handle, before_step(calls["n"], batch), lr_scale)
     step.jitted = step_fn.jitted
     return step
 
@@ -336,7 +337,7 @@ def test_model_change_is_refused_before_the_model_is_built(tokenizer_path, tmp_p
   changed = tiny(tokenizer_path, train__num_steps=4, model__d_model=48,
                  checkpoint__allow_config_change=True)
   start = time.perf_counter()
-  with pytest.raises(checkpointing.WorkdirConfigMismatch, match="do not fit this config"):
+  with pytest.raises(run_config.WorkdirConfigMismatch, match="do not fit this config"):
     train.train_and_evaluate(changed, workdir)
   assert time.perf_counter() - start < 15
   assert _files(workdir) == before
@@ -367,7 +368,7 @@ def test_finished_run_says_complete_without_building_anything(tokenizer_path, tm
 
 
 def _eval(*args, env=None, timeout=300):
-  return subprocess.run([sys.executable, "-m", "mambaswelu_jax.eval", *args], cwd=ROOT,
+  return subprocess.run([sys.executable, "-m", "mambaswelu_jax.cli.eval", *args], cwd=ROOT,
                         env=env or _env(), capture_output=True, text=True, timeout=timeout,
                         check=False)
 
@@ -385,7 +386,7 @@ def test_eval_on_a_read_only_workdir_prints_first_then_one_line(finished, tmp_pa
   """The result file cannot be written (EROFS injected at the write): the table is
   printed, then one line naming the file, the reason and --output_dir; exit 3. A real
   read-only bind mount gives the same where mounting is permitted."""
-  from mambaswelu_jax import eval as eval_cmd
+  from mambaswelu_jax.cli import eval as eval_cmd
   from mambaswelu_jax import evaluation
 
   def read_only(path, data):
@@ -432,7 +433,8 @@ def test_eval_on_a_read_only_workdir_prints_first_then_one_line(finished, tmp_pa
 def test_benchmarks_offline_fail_fast_naming_the_data_set(finished, tmp_path, monkeypatch):
   pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install -e '.[eval]')")
   import datasets.config
-  from mambaswelu_jax import lm_eval_adapter, restore
+  from mambaswelu_jax import lm_eval_adapter
+  from mambaswelu_jax.checkpointing import restore
   from mambaswelu_jax.data.sources import DataError
   monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
   monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # test_lm_eval_adapter sets it
@@ -471,7 +473,7 @@ def test_config_from_anywhere_and_help(tmp_path):
   outside = tmp_path / "elsewhere.py"
   outside.write_text("from configs import demo\n\ndef get_config(arg=None):\n"
                      "  return demo.get_config(arg)\n")
-  proc = subprocess.run([sys.executable, "-m", "mambaswelu_jax.summary",
+  proc = subprocess.run([sys.executable, "-m", "mambaswelu_jax.cli.summary",
                          f"--config={outside}:tiny"], cwd=str(tmp_path), env=_env(),
                         capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0 and "total_parameters" in proc.stdout, proc.stderr[-2000:]
@@ -502,7 +504,7 @@ def test_a_trainer_whose_lock_was_taken_over_stops_writing(tokenizer_path, tmp_p
                                                            monkeypatch):
   """Another trainer takes the lock over mid-run (--take_over_lock elsewhere): this one
   notices at its next heartbeat and stops at the next step, exit 5, saving nothing."""
-  from mambaswelu_jax import fault_tolerance
+  from mambaswelu_jax.training import fault_tolerance
   monkeypatch.setattr(layout, "LOCK_HEARTBEAT_S", 0.05)
   workdir = str(tmp_path / "w")
   def taken_over_at_step_3(n, batch):

@@ -23,12 +23,12 @@ PACKAGES = (("mambaswelu_jax", "mambaswelu_jax"), ("kernels", "kernels"),
             (os.path.join("experiments", "study_lib"), "study_lib"))
 # Other spellings of a package's name (older scripts imported experiments.study_lib).
 ALIASES = {"experiments.study_lib": "study_lib"}
-TRAINER = "mambaswelu_jax.train"
+TRAINER = "mambaswelu_jax.training.train"
 # The tools that read a workdir; none of them, nor anything they import, is the trainer.
-WORKDIR_READERS = ("mambaswelu_jax.eval", "mambaswelu_jax.generate",
-                   "mambaswelu_jax.gen_quality", "mambaswelu_jax.lm_eval_adapter",
-                   "mambaswelu_jax.restore", "mambaswelu_jax.evaluation",
-                   "mambaswelu_jax.scoring", "mambaswelu_jax.generation")
+WORKDIR_READERS = ("mambaswelu_jax.cli.eval", "mambaswelu_jax.cli.generate",
+                   "mambaswelu_jax.cli.gen_quality", "mambaswelu_jax.lm_eval_adapter",
+                   "mambaswelu_jax.checkpointing.restore", "mambaswelu_jax.evaluation",
+                   "mambaswelu_jax.scoring", "mambaswelu_jax.sampling")
 
 
 def find_modules(root: str = ROOT) -> dict[str, str]:
@@ -196,11 +196,11 @@ def report(root: str = ROOT) -> str:
 def test_graph_is_read():
   graph = import_graph()
   print("\n" + format_graph(graph))
-  assert TRAINER in graph and "mambaswelu_jax.eval" in graph
+  assert TRAINER in graph and "mambaswelu_jax.cli.eval" in graph
   assert "study_lib.collect" in graph and "kernels" in graph
   # `from mambaswelu_jax import x` names the submodule x, and imports inside functions
   # count (the evaluator imports the lm-eval adapter only for benchmarks).
-  assert "mambaswelu_jax.restore" in graph["mambaswelu_jax.eval"]
+  assert "mambaswelu_jax.checkpointing.restore" in graph["mambaswelu_jax.cli.eval"]
   assert "mambaswelu_jax.lm_eval_adapter" in graph["mambaswelu_jax.evaluation"]
 
 
@@ -212,7 +212,7 @@ def test_no_import_circles():
 def test_workdir_tools_never_import_the_trainer():
   graph = import_graph()
   readers = workdir_readers(graph)
-  assert {"mambaswelu_jax.eval", "mambaswelu_jax.generate", "mambaswelu_jax.gen_quality",
+  assert {"mambaswelu_jax.cli.eval", "mambaswelu_jax.cli.generate", "mambaswelu_jax.cli.gen_quality",
           "mambaswelu_jax.lm_eval_adapter"} <= set(readers)
   chains = [c for c in (path_between(graph, r, TRAINER) for r in readers) if c]
   assert not chains, "tools that read a workdir reach the trainer:\n" + "\n".join(

@@ -52,7 +52,7 @@ def test_bad_process_counts_are_usage_errors(tmp_path, capsys):
 def test_another_process_count_is_refused_before_anything_is_written(tmp_path, capsys):
   """A checkpoint holds one data-iterator state per process: resuming it on another
   process count is refused by the launcher (and by main) before anything is written."""
-  from mambaswelu_jax import process_count
+  from mambaswelu_jax.training import process_count
   wd = tmp_path / "toy_mixture_short"
   data = wd / "checkpoints" / "20" / "data"
   data.mkdir(parents=True)

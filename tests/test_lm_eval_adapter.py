@@ -28,9 +28,9 @@ lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip i
 from lm_eval.api.instance import Instance  # pylint: disable=wrong-import-position
 
 from mambaswelu_jax import evaluation  # pylint: disable=wrong-import-position
-from mambaswelu_jax import generation  # pylint: disable=wrong-import-position
+from mambaswelu_jax import sampling  # pylint: disable=wrong-import-position
 from mambaswelu_jax import lm_eval_adapter  # pylint: disable=wrong-import-position
-from mambaswelu_jax import restore  # pylint: disable=wrong-import-position
+from mambaswelu_jax.checkpointing import restore  # pylint: disable=wrong-import-position
 from mambaswelu_jax import scoring  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -220,7 +220,7 @@ def _fit(run, ids):
 
 
 def _is_transformer(run):
-  return run.config.model.get("architecture", "mamba") == "transformer"
+  return run.config.model.architecture == "transformer"
 
 
 def _req(kind, args, i=0):
@@ -358,7 +358,7 @@ def test_long_requests_are_scored_whole_or_cut_and_counted(run, lm, caplog):
 
 
 def test_generate_until_is_greedy_recurrent_decoding(run, lm):
-  g = generation.Generator(run)
+  g = sampling.Generator(run)
   ctxs = ["def main(", "import"]
   reqs = [_req("generate_until", (c, {"until": ["\n\n"], "max_gen_toks": 12}), i)
           for i, c in enumerate(ctxs)]

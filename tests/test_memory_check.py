@@ -15,7 +15,9 @@ import pytest
 from flax import nnx
 
 from configs import demo
-from mambaswelu_jax import config_validation, memory_check, train
+from mambaswelu_jax import config_validation
+from mambaswelu_jax.training import memory_check
+from mambaswelu_jax.training import train
 from mambaswelu_jax.losses import token_nll
 from mambaswelu_jax.mesh import make_mesh
 from mambaswelu_jax.config_validation import ConfigError

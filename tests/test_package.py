@@ -33,8 +33,8 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
   names = zipfile.ZipFile(wheel).namelist()
   tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
   assert tops == {"mambaswelu_jax", "kernels"}, tops
-  for name in ("mambaswelu_jax/config_defaults.py", "mambaswelu_jax/models/params.py",
-               "mambaswelu_jax/summary.py", "kernels/__init__.py"):
+  for name in ("mambaswelu_jax/config_defaults.py", "mambaswelu_jax/models/registry.py",
+               "mambaswelu_jax/cli/summary.py", "kernels/__init__.py"):
     assert name in names, name
 
   # A fresh environment with the wheel; its dependencies come from the test's own
@@ -65,6 +65,6 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
   assert int(out.split("num_steps")[-1]) > 0
 
   # From the checkout root, as the README runs it: the config file imports `configs`.
-  out = _run([python, "-m", "mambaswelu_jax.summary",
+  out = _run([python, "-m", "mambaswelu_jax.cli.summary",
               f"--config={os.path.join(ROOT, 'configs', 'demo.py')}"], cwd=ROOT, env=env).stdout
   assert out.strip().splitlines()[-1].startswith("total_parameters: "), out

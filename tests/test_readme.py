@@ -39,7 +39,7 @@ def test_python_blocks_run_on_a_trained_run(trained_workdir, capsys):
 
 def test_commands_name_what_exists():
   modules = set(re.findall(r"python -m (mambaswelu_jax[\w.]*)", " ".join(commands())))
-  assert {"mambaswelu_jax.main", "mambaswelu_jax.eval", "mambaswelu_jax.generate"} <= modules
+  assert {"mambaswelu_jax.main", "mambaswelu_jax.cli.eval", "mambaswelu_jax.cli.generate"} <= modules
   for module in modules:
     path = os.path.join(ROOT, *module.split("."))
     assert os.path.exists(path + ".py") or os.path.exists(os.path.join(path, "__main__.py")), module

@@ -190,7 +190,7 @@ def test_smoke_config_trains_on_its_sample(name, cache, tmp_path):
   then the same config again resumes it (the recorded config matches: data_dir stays
   "" and the sample is found again) and finishes step 2."""
   import numpy as np
-  from mambaswelu_jax import train
+  from mambaswelu_jax.training import train
 
   def config(**train_overrides):
     c = SMOKE_CONFIGS[name].get_config("smoke")

@@ -1,5 +1,5 @@
 """configs/original_124m.py against an independent PyTorch model of the original's
-as-run architecture, and the checkpoint command (mambaswelu_jax/torch_checkpoint.py).
+as-run architecture, and the checkpoint command (mambaswelu_jax/checkpointing/torch_format.py).
 
 The PyTorch model below is written from the description of the original (a gated
 depthwise causal conv per block with x_proj/dt_proj present but unused, SWELU
@@ -23,7 +23,7 @@ from torch import nn  # pylint: disable=wrong-import-position
 import torch.nn.functional as F  # pylint: disable=wrong-import-position
 
 from configs import original_124m  # pylint: disable=wrong-import-position
-from mambaswelu_jax import torch_checkpoint as tc  # pylint: disable=wrong-import-position
+from mambaswelu_jax.checkpointing import torch_format as tc  # pylint: disable=wrong-import-position
 from mambaswelu_jax.losses import token_nll  # pylint: disable=wrong-import-position
 from mambaswelu_jax.models import build_model  # pylint: disable=wrong-import-position
 
@@ -269,7 +269,7 @@ def test_swelu_slope_follows_the_originals_formula(k):
 
 
 def run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "mambaswelu_jax.torch_checkpoint", *args],
+  return subprocess.run([sys.executable, "-m", "mambaswelu_jax.cli.torch_checkpoint", *args],
                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -334,13 +334,13 @@ def test_import_then_export_is_bit_exact_and_the_original_class_loads_it(
   fresh.load_state_dict(back)
 
   # The imported workdir restores like any run: the eval tool's loss and generation.
-  from mambaswelu_jax import restore
+  from mambaswelu_jax.checkpointing import restore
   run = restore.load_run(str(workdir))
   tokens = np.random.default_rng(0).integers(0, 1024, (1, 20))
   with torch.no_grad():
     expect = small_original["model"](torch.from_numpy(tokens)).numpy()
   assert rel(run.logits(jnp.asarray(tokens)), expect) <= 1e-5
-  r = subprocess.run([sys.executable, "-m", "mambaswelu_jax.generate", f"--workdir={workdir}",
+  r = subprocess.run([sys.executable, "-m", "mambaswelu_jax.cli.generate", f"--workdir={workdir}",
                       "--prompt=def ", "--max_new_tokens=4"], cwd=ROOT, capture_output=True,
                      text=True, timeout=300, check=False)
   assert r.returncode == 0, r.stderr
@@ -402,7 +402,8 @@ def test_trainer_starts_from_an_imported_checkpoint(small_original, small_tokeni
   """train.init_from: a new run (here a fine-tune, with a learning rate too small to
   move anything) starts from the imported weights."""
   imported = import_small_original(small_original, small_tokenizer, tmp_path)
-  from mambaswelu_jax import restore, train
+  from mambaswelu_jax.checkpointing import restore
+  from mambaswelu_jax.training import train
   config = tc.load_config_file(small_original["config"], [])
   config.data.tokenizer_path = str(tmp_path / "tok.model")
   config.train.update(num_steps=1, warmup_steps=0, learning_rate=1e-12, init_from=str(imported),

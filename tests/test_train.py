@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from configs import demo
-from mambaswelu_jax import checkpointing, train
+from mambaswelu_jax.checkpointing import orbax_store
+from mambaswelu_jax.checkpointing import run_config
+from mambaswelu_jax.training import train
 from mambaswelu_jax.config_validation import ConfigError
 from mambaswelu_jax.metrics import read_jsonl
 
@@ -160,7 +162,7 @@ def test_data_streams_checkpoint_round_trip(tmp_path):
   """Several grain iterators as one (run_data._Streams) through Orbax and grain's handler."""
   import grain
   import orbax.checkpoint as ocp
-  from mambaswelu_jax import run_data
+  from mambaswelu_jax.data import run_data
 
   def streams():
     return run_data._Streams([  # pylint: disable=protected-access
@@ -220,7 +222,7 @@ def test_restore_skips_a_broken_checkpoint(straight, tokenizer_path, tmp_path):
 
 def test_workdir_of_another_config_is_refused(straight, tokenizer_path):
   workdir, _ = straight
-  with pytest.raises(checkpointing.WorkdirConfigMismatch, match="allow_config_change"):
+  with pytest.raises(run_config.WorkdirConfigMismatch, match="allow_config_change"):
     train.train_and_evaluate(tiny(tokenizer_path, train__learning_rate=1e-2), workdir)
 
 
@@ -237,11 +239,11 @@ def test_restore_params_for_tools(straight):
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                           result.state["params"])
   for kind, want in (("final", 8), ("snapshots", 8), ("checkpoints", 8), ("auto", 8)):
-    step, params = checkpointing.restore_params(workdir, abstract, kind=kind)
+    step, params = orbax_store.restore_params(workdir, abstract, kind=kind)
     assert step == want
     for a, b in zip(jax.tree.leaves(params), params_of(result)):
       np.testing.assert_array_equal(np.asarray(a), b)
-  step, _ = checkpointing.restore_params(workdir, abstract, step=4, kind="snapshots")
+  step, _ = orbax_store.restore_params(workdir, abstract, step=4, kind="snapshots")
   assert step == 4
 
 
@@ -251,7 +253,7 @@ _DEVICES_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax
     from configs import demo
-    from mambaswelu_jax import train
+    from mambaswelu_jax.training import train
     from mambaswelu_jax.metrics import read_jsonl
     tokenizer_path, out = sys.argv[1], sys.argv[2]
     losses = {}
@@ -361,16 +363,16 @@ def test_cli_sigterm_exit_status(tokenizer_path, tmp_path):
 
 def test_peak_flops_by_device_kind():
   from types import SimpleNamespace
-  from mambaswelu_jax import metrics
+  from mambaswelu_jax.training import throughput
   kinds = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H100 PCIe": 756.0, "NVIDIA H200": 989.0,
            "NVIDIA A100-SXM4-80GB": 312.0, "TPU v5 lite": 197.0, "TPU v4": 275.0}
   for kind, want in kinds.items():
-    assert metrics.peak_tflops(SimpleNamespace(device_kind=kind, platform="gpu"))[0] == want
-  assert metrics.peak_tflops(SimpleNamespace(device_kind="NVIDIA H100", platform="gpu"),
+    assert throughput.peak_tflops(SimpleNamespace(device_kind=kind, platform="gpu"))[0] == want
+  assert throughput.peak_tflops(SimpleNamespace(device_kind="NVIDIA H100", platform="gpu"),
                              override=500.0) == (500.0, "train.peak_tflops_per_device")
-  cpu, source = metrics.peak_tflops(SimpleNamespace(device_kind="cpu", platform="cpu"))
+  cpu, source = throughput.peak_tflops(SimpleNamespace(device_kind="cpu", platform="cpu"))
   assert cpu > 0 and "CPU" in source
-  unknown, source = metrics.peak_tflops(SimpleNamespace(device_kind="Mystery", platform="gpu"))
+  unknown, source = throughput.peak_tflops(SimpleNamespace(device_kind="Mystery", platform="gpu"))
   assert np.isnan(unknown) and "peak_tflops_per_device" in source
 
 
@@ -406,9 +408,9 @@ def test_run_config_smoke_trains(tmp_path):
 
 
 def test_bench_train_times_the_trainers_step():
-  """`python -m mambaswelu_jax.bench_train`'s measurement runs (the trainer's own step on
+  """`python -m mambaswelu_jax.cli.bench_train`'s measurement runs (the trainer's own step on
   synthetic tokens) and its figures agree with each other."""
-  from mambaswelu_jax import bench_train  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.cli import bench_train  # pylint: disable=import-outside-toplevel
   config = demo.get_config("tiny")
   r = bench_train.benchmark(config, 2)
   assert r["parameters"] > 0 and r["accumulation"] == 4 and np.isfinite(r["loss"])

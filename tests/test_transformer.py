@@ -11,6 +11,7 @@ from flax import nnx
 from configs import default, demo
 from mambaswelu_jax.models import build_model, match_mamba_size, param_count
 from mambaswelu_jax.models.flops import flops_per_token
+from mambaswelu_jax.models.handle import split_model
 from mambaswelu_jax.models.transformer import TransformerLM, transformer_param_count
 from tests.test_model import assert_decoding_equals_forward
 
@@ -83,7 +84,10 @@ def test_transformer_run_through_train_eval_and_generate(trained_transformer_wor
   import functools  # pylint: disable=import-outside-toplevel
   import json  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax import evaluation, generation, restore, sampler  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import evaluation
+  from mambaswelu_jax import sampling
+  from mambaswelu_jax import sampling
+  from mambaswelu_jax.checkpointing import restore  # pylint: disable=import-outside-toplevel
   wd = trained_transformer_workdir
   with open(os.path.join(wd, "metrics.jsonl"), encoding="utf-8") as f:
     rows = [json.loads(line) for line in f if line.strip()]
@@ -99,26 +103,25 @@ def test_transformer_run_through_train_eval_and_generate(trained_transformer_wor
                              rtol=1e-5)
   np.testing.assert_allclose(r["splits"]["validation"]["bits_per_byte"],
                              trainer["validation_bits_per_byte"], rtol=1e-5)
-  g = generation.Generator(run)
+  g = sampling.Generator(run)
   prompt, new = g.encode_prompt("import os\n"), 12
   (fast,), _, _ = g.generate_ids([prompt], new, temperature=0.0, stop_at_eos=False)
   buf = np.zeros((1, 32), np.int32)
   buf[0, :len(prompt)] = prompt
-  slow = jax.jit(functools.partial(sampler.reforward_tokens, graphdef=run.graphdef,
-                                   max_new_tokens=new))(
-      run.params, run.rest, jnp.asarray(buf), jnp.int32(len(prompt)), jax.random.key(0),
+  slow = jax.jit(functools.partial(sampling.reforward_tokens, max_new_tokens=new))(
+      run.params, run.handle, jnp.asarray(buf), jnp.int32(len(prompt)), jax.random.key(0),
       jnp.float32(0.0), jnp.int32(0), jnp.float32(1.0))
   assert fast == np.asarray(slow)[0].tolist()
 
 
 def test_generate_tokens_with_prompts_of_different_lengths_equals_greedy_reforward():
-  from mambaswelu_jax import sampler  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import sampling  # pylint: disable=import-outside-toplevel
   cfg = tiny(vocab_size=50, n_layers=1, n_heads=2)
   model = build_model(cfg, nnx.Rngs(3))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  handle, params = split_model(model)
   prompts = jnp.asarray([[1, 2, 3, 4], [5, 6, 0, 0]], jnp.int32)
-  toks = sampler.generate_tokens(params, rest, prompts, jnp.asarray([4, 2]), jax.random.key(0),
-                                  0.0, 0, 1.0, -1, graphdef=graphdef, max_new_tokens=4)
+  toks = sampling.generate_tokens(params, handle, prompts, jnp.asarray([4, 2]),
+                                  jax.random.key(0), 0.0, 0, 1.0, -1, max_new_tokens=4)
   forward = nnx.jit(lambda m, t: m(t))  # one fixed width: causal, so padding is harmless
   for i, length in enumerate([4, 2]):
     buf = np.zeros((1, 8), np.int32)

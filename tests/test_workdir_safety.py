@@ -16,7 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from mambaswelu_jax import checkpointing, train
+from mambaswelu_jax.checkpointing import orbax_store
+from mambaswelu_jax.checkpointing import run_config
+from mambaswelu_jax.training import train
 from mambaswelu_jax import workdir as layout
 from mambaswelu_jax.data.sources import DataError
 from mambaswelu_jax.metrics import read_jsonl
@@ -55,7 +57,7 @@ def test_model_change_is_refused_even_when_allowed(straight, tokenizer_path, tmp
   workdir = copy_run(straight, tmp_path)
   before = files_of(workdir)
   config = tiny(tokenizer_path, model__d_model=48, checkpoint__allow_config_change=True)
-  with pytest.raises(checkpointing.WorkdirConfigMismatch,
+  with pytest.raises(run_config.WorkdirConfigMismatch,
                      match=r"(?s)checkpoints/8 do not fit this config's model.*"
                            r"params/.*stored \(.*32.*\) float32, this config \(.*48.*\).*"
                            r"new --workdir"):
@@ -116,7 +118,7 @@ def test_failed_start_leaves_no_trace_and_the_fix_works(tokenizer_path, tmp_path
 def test_workdir_that_is_a_file_is_refused(tokenizer_path, tmp_path):
   path = tmp_path / "a_file"
   path.write_text("x")
-  with pytest.raises(checkpointing.config_validation.ConfigError, match="is a file"):
+  with pytest.raises(orbax_store.config_validation.ConfigError, match="is a file"):
     train.train_and_evaluate(tiny(tokenizer_path), str(path))
   assert path.read_text() == "x"
 
@@ -141,7 +143,7 @@ def test_truncated_newest_checkpoint_is_moved_aside_and_rewritten(straight, toke
   assert layout.steps(workdir) == [4, 8]
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                           straight[1].state["params"])
-  step, params = checkpointing.restore_params(workdir, abstract, kind="checkpoints")
+  step, params = orbax_store.restore_params(workdir, abstract, kind="checkpoints")
   assert step == NUM_STEPS
   for a, b in zip(params_of(straight[1]), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, np.asarray(b))
@@ -211,6 +213,6 @@ def test_ctrl_c_saves_stops_and_resumes_exactly(straight, tokenizer_path, tmp_pa
   assert proc.returncode == 0, proc.stderr[-3000:]
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                           straight[1].state["params"])
-  _, params = checkpointing.restore_params(str(workdir), abstract, kind="final")
+  _, params = orbax_store.restore_params(str(workdir), abstract, kind="final")
   for a, b in zip(params_of(straight[1]), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, np.asarray(b))

@@ -217,7 +217,7 @@ def _per_type_table(runs, split, general, figs) -> list[str]:
   rows, notes = per_type_rows(runs, split, final_eval_step, general)
   if not rows:
     return [f"Per text type ({split}): no evaluation found. Run "
-            f"`python -m mambaswelu_jax.eval --workdir=DIR --step=final` for each run.", ""]
+            f"`python -m mambaswelu_jax.cli.eval --workdir=DIR --step=final` for each run.", ""]
   types = []
   for v in rows.values():
     types += [t for t in v if t not in types and t != "(all)"]
@@ -244,7 +244,7 @@ def section_perplexity(runs, figs) -> list[str]:
   out = ["## 3. Perplexity and bits per byte", ""] + _final_figures_table(runs)
   out += ["", "Perplexities compare only between runs sharing a tokenizer (the study's runs do); "
           "bits per byte compares with anything. The trainer's figures use a fixed subset of the "
-          "validation split; the eval tool's (`python -m mambaswelu_jax.eval`) cover "
+          "validation split; the eval tool's (`python -m mambaswelu_jax.cli.eval`) cover "
           "`--max_tokens` of each split in source order.", ""]
   out += ["Per text type: where the study's evaluation stage ran, every run is scored on the "
           "same documents of the general run's data, one text type at a time (each type capped "
@@ -277,7 +277,7 @@ def section_benchmarks(runs, benchmark_note: str = "") -> list[str]:
   if not any(ours.values()):
     out += ["", "**Our runs have no benchmark results.** " + (benchmark_note or
             "The benchmarks run through lm-eval (`pip install -e '.[eval]'`, then `python -m "
-            "mambaswelu_jax.eval --workdir=DIR --step=final --benchmarks=lambada_openai,hellaswag,"
+            "mambaswelu_jax.cli.eval --workdir=DIR --step=final --benchmarks=lambada_openai,hellaswag,"
             "piqa,winogrande`), which downloads the task datasets from the Hugging Face Hub; "
             "this machine cannot reach it, so the cells read 'not run'.")]
   out += ["", "Accuracies in percent, zero-shot; LAMBADA as accuracy / perplexity. The published "
@@ -335,7 +335,7 @@ def section_generations(runs) -> list[str]:
                    "mean words", "self-perplexity", "cross-perplexity (scored by run)",
                    "bits/byte of the samples (scored by run)"],
                   [_generation_measures_row(n, g) for n, g in gens.items()])
-  out += ["", "Measured with `mambaswelu_jax.gen_quality` (same seed and settings for every run). "
+  out += ["", "Measured with `mambaswelu_jax.cli.gen_quality` (same seed and settings for every run). "
           "distinct-n: unique / all whitespace n-grams over the run's samples (higher = more "
           "diverse); repeated 4-grams: share of a sample's 4-grams seen earlier in it (loops). "
           "Self-perplexity: the generating model's own perplexity of its samples; cross-"

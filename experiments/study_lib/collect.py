@@ -77,7 +77,7 @@ def parse_train_log(path: str) -> list[Segment]:
 @dataclasses.dataclass
 class RunRecord:
   """One run as its workdir recorded it (the report's view; the trainer's data pipeline
-  is mambaswelu_jax.run_data.RunData)."""
+  is mambaswelu_jax.data.run_data.RunData)."""
   name: str
   workdir: str
   config: dict

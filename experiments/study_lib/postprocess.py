@@ -6,12 +6,12 @@
                               ("cross" in the same file), so H1 and H3 compare like with
                               like; study_run.json with role, parameters and epochs.
   generate_study(runs, ...)   shared prompts sampled from every run's final params through
-                              mambaswelu_jax.gen_quality (diversity measures, every sample
+                              mambaswelu_jax.cli.gen_quality (diversity measures, every sample
                               scored by every run) -> generations.json per run.
   benchmarks_study(runs, ...) lm-eval's four tasks when lm-eval and its datasets are
                               available; otherwise the reason, for the report.
 
-Imports JAX and the evaluation modules (mambaswelu_jax.restore / evaluation /
+Imports JAX and the evaluation modules (mambaswelu_jax.checkpointing.restore / evaluation /
 gen_quality) when called; at import time only the standard library and the package's
 standard-library modules (workdir layout, the perplexity formula).
 """
@@ -85,7 +85,7 @@ def _combine(by_type: dict) -> dict:
 def evaluate_study(runs, *, max_tokens: int = 16384, log=print) -> dict:
   """Evaluates the study's runs in this process; returns {run: [steps evaluated]}.
 
-  Per run: `python -m mambaswelu_jax.eval`'s evaluation of its own validation and test
+  Per run: `python -m mambaswelu_jax.cli.eval`'s evaluation of its own validation and test
   splits at its final step (first `max_tokens` targets of each, in source order); and at
   the final step and the comparison steps, every text type of the general run's data
   evaluated separately on the same documents for every run (each type capped at
@@ -93,7 +93,7 @@ def evaluate_study(runs, *, max_tokens: int = 16384, log=print) -> dict:
   comparisons rest on identical, type-balanced text.
   """
   from mambaswelu_jax import evaluation  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax import restore  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.checkpointing import restore  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.data import sources  # pylint: disable=import-outside-toplevel
   plan = comparison_steps(runs)
   general = next((r for r in runs if r.role == "general_long"), None) or next(
@@ -136,7 +136,7 @@ def evaluate_study(runs, *, max_tokens: int = 16384, log=print) -> dict:
     info.update({"role": r.role, "label": r.label})
     try:
       import ml_collections  # pylint: disable=import-outside-toplevel
-      from mambaswelu_jax.models.params import param_count  # pylint: disable=import-outside-toplevel
+      from mambaswelu_jax.models.registry import param_count  # pylint: disable=import-outside-toplevel
       info["num_params"] = param_count(ml_collections.ConfigDict(r.config["model"]))
     except Exception as e:  # pylint: disable=broad-except
       log(f"{r.name}: parameter count unavailable ({e})")
@@ -155,11 +155,11 @@ def generate_study(runs, *, prompts=PROMPTS, max_new_tokens: int = 64, num_sampl
                    temperature: float = 0.8, top_p: float = 1.0, seed: int = 0, log=print,
                    root: str = "") -> None:
   """Samples the shared prompts from every run's final params with the evaluation
-  engineer's `mambaswelu_jax.gen_quality.compare_runs` (same seed and settings for every
+  engineer's `mambaswelu_jax.cli.gen_quality.compare_runs` (same seed and settings for every
   run; distinct-n, repetition, and every sample scored by every run), then writes each
   run's part to its generations.json (and the whole result to ROOT/generation_quality.json)."""
-  from mambaswelu_jax import gen_quality  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax import restore  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.cli import gen_quality  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.checkpointing import restore  # pylint: disable=import-outside-toplevel
   done = [r for r in runs if r.final_steps]
   if not done:
     log("no run has final params: no generations")
@@ -182,7 +182,7 @@ def generate_study(runs, *, prompts=PROMPTS, max_new_tokens: int = 64, num_sampl
            "cross_perplexity": {short[s]: v for s, v in result["perplexity"][key].items()
                                 if s != key},
            "bits_per_byte": {short[s]: v for s, v in result["bits_per_byte"][key].items()},
-           "source": "mambaswelu_jax.gen_quality.compare_runs"}
+           "source": "mambaswelu_jax.cli.gen_quality.compare_runs"}
     _write_json(os.path.join(r.workdir, "generations.json"), doc)
     log(f"{r.name}: {part['measures']['num_samples']} samples, distinct-2 "
         f"{part['measures']['distinct_2']:.3f}, self-perplexity {doc['self_perplexity']:.2f}")

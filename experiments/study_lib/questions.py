@@ -130,7 +130,7 @@ def num_params(run) -> int | None:
   model = (run.config or {}).get("model")
   if model:
     import ml_collections  # pylint: disable=import-outside-toplevel
-    from mambaswelu_jax.models.params import param_count  # pylint: disable=import-outside-toplevel
+    from mambaswelu_jax.models.registry import param_count  # pylint: disable=import-outside-toplevel
     run.num_params = param_count(ml_collections.ConfigDict(model))
   return run.num_params
 

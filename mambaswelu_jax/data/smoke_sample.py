@@ -50,7 +50,7 @@ import shutil
 import sys
 import tempfile
 
-from mambaswelu_jax.data import corpus
+from mambaswelu_jax.data import source_base
 
 log = logging.getLogger("mambaswelu_jax.data.smoke_sample")
 
@@ -68,7 +68,7 @@ _TRAIN_FILES_PER_CHUNK = 2   # example_train_0, _1 per train chunk
 
 
 def _cfg(data_cfg, key, default):
-  return corpus.config_value(data_cfg, key, default)
+  return source_base.config_value(data_cfg, key, default)
 
 
 def cache_root() -> str:
@@ -79,17 +79,17 @@ def cache_root() -> str:
   return os.path.abspath(os.path.expanduser(root))
 
 
-def _embedded(data_cfg) -> corpus.EmbeddedSource:
+def _embedded(data_cfg) -> source_base.EmbeddedSource:
   # The corpus's own 2% / 2% hash split: the sample's held-out documents are
   # held out of the embedded corpus too.
-  source = corpus.EmbeddedSource(root=_cfg(data_cfg, "embedded_root", "") or None)
+  source = source_base.EmbeddedSource(root=_cfg(data_cfg, "embedded_root", "") or None)
   source.check()
   return source
 
 
 def sample_dir(source_name: str, data_cfg) -> str:
   """The directory of `source_name`'s sample (a function of the inputs only)."""
-  root = _cfg(data_cfg, "embedded_root", "") or corpus.stdlib_root()
+  root = _cfg(data_cfg, "embedded_root", "") or source_base.stdlib_root()
   stdlib = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:6]
   python = ".".join(map(str, sys.version_info[:3]))
   name = source_name
@@ -101,7 +101,7 @@ def sample_dir(source_name: str, data_cfg) -> str:
 def ensure_sample(source_name: str, data_cfg) -> str:
   """Returns the data_dir of `source_name`'s smoke sample, writing it when missing."""
   if source_name not in ("slimpajama", "wikipedia"):
-    raise corpus.DataError(f"no smoke sample for data.source={source_name!r}")
+    raise source_base.DataError(f"no smoke sample for data.source={source_name!r}")
   final = sample_dir(source_name, data_cfg)
   label = {"slimpajama": "SlimPajama", "wikipedia": "Wikipedia (tfds)"}[source_name]
   hint = "set --config.data.data_dir=... to use real data"
@@ -117,7 +117,7 @@ def ensure_sample(source_name: str, data_cfg) -> str:
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.", dir=parent)
   except OSError as e:
-    raise corpus.DataError(
+    raise source_base.DataError(
         f"smoke: cannot write the {label} sample under {parent} ({e}); set "
         f"{SMOKE_DATA_ENV}=<a writable directory>, or {hint}") from e
   try:
@@ -131,7 +131,7 @@ def ensure_sample(source_name: str, data_cfg) -> str:
       os.rename(tmp, final)
     except OSError as e:
       if _read_manifest(final) is None:  # not another writer's complete sample
-        raise corpus.DataError(
+        raise source_base.DataError(
             f"smoke: cannot put the {label} sample at {final} ({e}); if that "
             f"directory is left from something else, delete it and rerun") from e
   finally:
@@ -184,15 +184,15 @@ def _pick(docs, budget_per_type: int) -> list[dict]:
 # SlimPajama: the jsonl.zst layout of cerebras/SlimPajama-627B.
 
 
-def write_slimpajama_sample(root: str, embedded: corpus.Source) -> dict:
+def write_slimpajama_sample(root: str, embedded: source_base.Source) -> dict:
   """Writes the three splits under `root`; returns counts for the manifest."""
   import zstandard  # pylint: disable=g-import-not-at-top
   compressor = zstandard.ZstdCompressor(level=3)
   counts, text_bytes, files = {}, 0, 0
-  for split in corpus.SPLITS:
+  for split in source_base.SPLITS:
     docs = _pick(embedded.documents(split), SLIMPAJAMA_BYTES[split])
     if not docs:
-      raise corpus.DataError(f"smoke: the embedded corpus has no {split} documents")
+      raise source_base.DataError(f"smoke: the embedded corpus has no {split} documents")
     if split == "train":
       names = [(c, f"example_train_{(c - 1) * _TRAIN_FILES_PER_CHUNK + k}")
                for c in range(1, _CHUNKS + 1) for k in range(_TRAIN_FILES_PER_CHUNK)]
@@ -224,17 +224,17 @@ def write_slimpajama_sample(root: str, embedded: corpus.Source) -> dict:
 
 
 def write_wikipedia_sample(data_dir: str, config: str,
-                           embedded: corpus.Source) -> dict:
+                           embedded: source_base.Source) -> dict:
   """Prepares tfds `wikipedia/<config>` under `data_dir` from the embedded docstrings."""
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     from tensorflow_datasets.text import wikipedia as tfds_wikipedia  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise corpus.DataError(f"smoke: the Wikipedia sample is a tfds dataset; pip "
+    raise source_base.DataError(f"smoke: the Wikipedia sample is a tfds dataset; pip "
                                 f"install tensorflow-datasets ({e})") from e
 
   docs = []
-  for split in corpus.SPLITS:  # every article; the reader carves its own splits
+  for split in source_base.SPLITS:  # every article; the reader carves its own splits
     docs += [d for d in embedded.documents(split) if d["text_type"] == "docstring"]
   articles = {}
   for doc in _pick(docs, WIKIPEDIA_BYTES):
@@ -259,7 +259,7 @@ def write_wikipedia_sample(data_dir: str, config: str,
   try:
     builder = SmokeWikipedia(config=config, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except  (tfds raises several types)
-    raise corpus.DataError(
+    raise source_base.DataError(
         f"smoke: tfds has no dataset wikipedia/{config} to write a sample of ({e}); "
         f"set data.wikipedia_config to one of its configs, e.g. 20230601.en") from e
   from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top

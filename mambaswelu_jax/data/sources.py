@@ -49,7 +49,7 @@ import sys
 from typing import Iterator
 
 # Re-exported: the source interface and the embedded corpus live in corpus.py.
-from mambaswelu_jax.data.corpus import (  # pylint: disable=unused-import
+from mambaswelu_jax.data.source_base import (  # pylint: disable=unused-import
     SPLITS, DataError, EmbeddedSource, InMemorySource, Source, check_fractions, check_split,
     config_value, split_of, stdlib_root)
 

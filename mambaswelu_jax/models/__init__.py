@@ -4,7 +4,7 @@ its SWELU scalars."""
 from flax import nnx
 
 from mambaswelu_jax.models.lm import MambaLM
-from mambaswelu_jax.models.params import (ARCHITECTURES, abstract_model, abstract_params,
+from mambaswelu_jax.models.registry import (ARCHITECTURES, abstract_model, abstract_params,
                                           build_model, count_parameters, match_mamba_size,
                                           param_count, weight_decay_mask)
 from mambaswelu_jax.models.swelu import SWELU, swelu

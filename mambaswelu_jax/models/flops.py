@@ -19,7 +19,7 @@ def transformer_flops_per_token(model_cfg, seq_len: int) -> dict:
   from mambaswelu_jax.models.transformer import mlp_hidden_of  # pylint: disable=import-outside-toplevel
   d, v, nl = model_cfg.d_model, model_cfg.vocab_size, model_cfg.n_layers
   h = mlp_hidden_of(model_cfg)
-  swiglu = model_cfg.get("mlp", "gelu") == "swiglu"
+  swiglu = model_cfg.mlp == "swiglu"
   block_matmul = 4 * d * d + d * (2 * h if swiglu else h) + h * d
   matmul = 2 * (nl * block_matmul + d * v)
   context = (seq_len + 1) / 2
@@ -35,7 +35,7 @@ def transformer_flops_per_token(model_cfg, seq_len: int) -> dict:
 def flops_per_token(model_cfg, seq_len: int) -> dict:
   """{'matmul', 'scan', 'elementwise', 'forward', 'training'} FLOPs per token
   (the Transformer baseline adds 'attention')."""
-  if model_cfg.get("architecture", "mamba") == "transformer":
+  if model_cfg.architecture == "transformer":
     return transformer_flops_per_token(model_cfg, seq_len)
   del seq_len  # a recurrent model's per-token cost does not grow with the context
   d, h, v = model_cfg.d_model, model_cfg.dense_hidden, model_cfg.vocab_size

@@ -26,7 +26,7 @@ def linear_init(cfg, scale: float = 1.0):
   """The kernel initializer of a Linear under `model.init`: "normal" N(0, 0.02) (the
   original's; `scale` ignored), "fan_in" U(±1/sqrt(fan_in)) times `scale` (torch's
   default, with out_proj scaled by 1/sqrt(2·n_layers))."""
-  scheme = cfg.get("init", "fan_in")
+  scheme = cfg.init
   if scheme == "normal":
     return normal_init
   if scheme == "fan_in":
@@ -70,7 +70,7 @@ class DenseStack(nnx.Module):
                    param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
         for i, o in zip(dims[:-1], dims[1:])])
     self.acts = nnx.List([make_activation(cfg) for _ in range(3)])
-    self.rate = float(cfg.get("dropout", 0.0))
+    self.rate = float(cfg.dropout)
 
   def __call__(self, x, dropout_key=None):
     for i, (layer, act) in enumerate(zip(self.layers, self.acts)):
@@ -122,7 +122,7 @@ class TiedEmbeddingLM(nnx.Module):
     self.cfg = cfg
     pdt = jnp.dtype(cfg.param_dtype)
     self.compute_dtype = jnp.dtype(cfg.compute_dtype)
-    self.remat = bool(cfg.get("remat", False))  # recompute block activations in the backward
+    self.remat = bool(cfg.remat)  # recompute block activations in the backward
     self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.float32,
                            param_dtype=pdt, embedding_init=embed_init, rngs=rngs)
     self.positions = (nnx.Embed(cfg.max_len, cfg.d_model, dtype=jnp.float32,

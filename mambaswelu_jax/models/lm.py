@@ -29,8 +29,8 @@ class MambaLM(TiedEmbeddingLM):
     self.blocks = nnx.List([MambaBlock(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
     self.final_norm = make_norm(cfg, rngs)
     self.dense = DenseStack(cfg, rngs=rngs)
-    self.dense_residual = bool(cfg.get("dense_residual", False))
-    self.rate = float(cfg.get("dropout", 0.0))
+    self.dense_residual = bool(cfg.dense_residual)
+    self.rate = float(cfg.dropout)
 
   def _logits(self, x, dropout_key=None):
     x = self.final_norm(x)

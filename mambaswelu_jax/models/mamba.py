@@ -73,7 +73,7 @@ class MambaMixer(nnx.Module):
     # torch's default U(±1/sqrt(fan_in)) with out_proj scaled by 1/sqrt(2·n_layers).
     # The conv keeps torch's default either way (the original did not redraw it);
     # the dt bias, A_log and D keep the Mamba paper's (a bias rule must not erase them).
-    fan_in = cfg.get("init", "fan_in") == "fan_in"
+    fan_in = cfg.init == "fan_in"
     self.in_proj = linear(d, 2 * di, use_bias=False, kernel_init=linear_init(cfg))
     self.conv = CausalConv(di, cfg.d_conv, param_dtype=pdt, rngs=rngs)
     self.conv_act = make_activation(cfg)
@@ -161,7 +161,7 @@ class MambaBlock(nnx.Module):
     self.norm = make_norm(cfg, rngs)
     self.mixer = MambaMixer(cfg, rngs=rngs)
     self.out_act = make_activation(cfg)
-    self.rate = float(cfg.get("dropout", 0.0))
+    self.rate = float(cfg.dropout)
 
   def __call__(self, x, dropout_key=None):
     return x + dropout(self.out_act(self.mixer(self.norm(x))), self.rate, dropout_key)

@@ -26,6 +26,8 @@ from flax import nnx
 Z_FLOOR = 1e-6
 _TINY = float(np.finfo(np.float32).tiny)
 
+K_PARAMS = ("softplus", "direct")  # how k is stored: softplus(k_raw), or k itself
+
 
 @jax.custom_jvp
 def swelu(z, k, lam):
@@ -92,7 +94,7 @@ class SWELU(nnx.Module):
                k_param: str = "softplus"):
     if k_init <= 0:
       raise ValueError(f"SWELU: k_init={k_init} must be > 0.")
-    if k_param not in ("softplus", "direct"):
+    if k_param not in K_PARAMS:
       raise ValueError(f"SWELU: k_param={k_param!r}: choose 'softplus' or 'direct'.")
     self.eps = float(eps)
     self.k_direct = k_param == "direct"
@@ -123,8 +125,8 @@ class SiLU(nnx.Module):
 def make_activation(cfg) -> nnx.Module:
   if cfg.activation == "swelu":
     return SWELU(cfg.swelu_k_init, cfg.swelu_lambda_init, cfg.swelu_learn_lambda,
-                 learn_k=cfg.get("swelu_learn_k", True), eps=cfg.get("swelu_eps", 0.0),
-                 k_param=cfg.get("swelu_k_param", "softplus"))
+                 learn_k=cfg.swelu_learn_k, eps=cfg.swelu_eps,
+                 k_param=cfg.swelu_k_param)
   if cfg.activation == "silu":
     return SiLU()
   raise ValueError(f"model.activation={cfg.activation!r}: choose 'swelu' or 'silu'.")

@@ -33,9 +33,9 @@ ROPE_BASE = 10000.0
 
 
 def mlp_hidden_of(cfg) -> int:
-  if cfg.get("mlp_hidden", 0):
+  if cfg.mlp_hidden:
     return int(cfg.mlp_hidden)
-  if cfg.get("mlp", "gelu") == "swiglu":
+  if cfg.mlp == "swiglu":
     return int(8 * cfg.d_model / 3 + 7) // 8 * 8
   return 4 * cfg.d_model
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import os
 
-log = logging.getLogger("mambaswelu_jax.compile_cache")
+log = logging.getLogger("mambaswelu_jax.training.compile_cache")
 
 
 def setup(config) -> str:
   """Turns the cache on before anything compiles; returns its folder ("" when off)."""
   import jax  # pylint: disable=import-outside-toplevel
   path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(
-      config.train.get("compilation_cache_dir", "") or "")
+      config.train.compilation_cache_dir or "")
   if not path:
     return ""
   path = os.path.abspath(os.path.expanduser(path))

@@ -1,9 +1,9 @@
 """Parameters, FLOPs and token budget of a run config, without allocating the model.
 
-  python -m mambaswelu_jax.summary --config=configs/slimpajama_chinchilla.py
+  python -m mambaswelu_jax.cli.summary --config=configs/slimpajama_chinchilla.py
 
 The last line is `total_parameters: N`. With --memory it first prints the compiled
-per-device memory of the train step on this backend (mambaswelu_jax/memory_check.py):
+per-device memory of the train step on this backend (mambaswelu_jax/training/memory_check.py):
 for the configured train.micro_batch_per_device and each smaller one the trainer's
 out-of-memory pre-flight would try, without and (unless --nomemory_remat) with
 model.remat, against the available memory. This compiles the step once per row.
@@ -18,7 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mambaswelu_jax.models.flops import flops_per_token
-from mambaswelu_jax.models.params import abstract_params
+from mambaswelu_jax.models.registry import abstract_params
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.",
                                           lock_config=True)
@@ -83,7 +83,7 @@ def main(argv):
   if _CONFIG.value is None:
     raise app.UsageError("--config=configs/X.py is required.")
   if _MEMORY.value:
-    from mambaswelu_jax import memory_check  # pylint: disable=import-outside-toplevel
+    from mambaswelu_jax.training import memory_check  # pylint: disable=import-outside-toplevel
     remat = (False, True) if _MEMORY_REMAT.value else (False,)
     print("\n".join(memory_check.measure_table(_CONFIG.value, remat=remat)), flush=True)
   print("\n".join(summarize(_CONFIG.value)))

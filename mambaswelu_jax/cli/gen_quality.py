@@ -1,6 +1,6 @@
 r"""The measurable part of generation quality, for comparing runs on the same prompts.
 
-  python -m mambaswelu_jax.gen_quality --workdir=DIR1,DIR2,DIR3 \
+  python -m mambaswelu_jax.cli.gen_quality --workdir=DIR1,DIR2,DIR3 \
       --prompt="The future of artificial intelligence is" --prompt="def main(" \
       --num_samples=16 --max_new_tokens=128 --temperature=0.8 --top_p=0.95 \
       --output_json=quality.json
@@ -27,7 +27,7 @@ measure: factual accuracy, coherence across sentences, creativity or usefulness.
 A low self-perplexity (the diagonal) is not quality: greedy loops score very well
 under the model that made them, which is why repetition is reported beside it.
 Those judgements need people (or a much stronger judge model) reading the samples
-that `python -m mambaswelu_jax.generate` prints side by side.
+that `python -m mambaswelu_jax.cli.generate` prints side by side.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def cross_scores(scorer_run, prompts: Sequence[str], samples: Sequence[str],
     return {"perplexity": float("nan"), "bits_per_byte": float("nan"), "tokens": 0, "bytes": 0}
   # Samples are scored whole (up to the model's own limit, not the training length).
   longest = max(len(c) + len(k) for c, k in requests)
-  max_length = longest if not scorer_run.config.model.get("learned_positions", False) else 0
+  max_length = longest if not scorer_run.config.model.learned_positions else 0
   scores = scoring.score_sequences(scorer_run, requests, batch_size=batch_size,
                                    max_length=max_length)
   figures = perplexity.figures(-sum(s for s, _ in scores), n_tokens, n_bytes)
@@ -107,7 +107,7 @@ def compare_runs(runs: Sequence, prompts: Sequence[str], *, num_samples: int = 8
                  max_new_tokens: int = 128, temperature: float = 0.8, top_k: int = 0,
                  top_p: float = 0.95, seed: int = 0) -> dict:
   """Samples from every run, their text measures, and the cross-scoring matrices."""
-  from mambaswelu_jax.generation import Generator  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.sampling import Generator  # pylint: disable=import-outside-toplevel
   names = [f"{r.name}@{r.step}" for r in runs]
   if len(set(names)) != len(names):
     names = [f"{i}:{n}" for i, n in enumerate(names)]
@@ -156,7 +156,7 @@ def format_report(result: dict) -> str:
 def define_flags() -> None:
   """The command's flags: generate's runs, prompts and sampling settings, with defaults
   for comparing runs (defined when it runs, so importing this module defines none)."""
-  from mambaswelu_jax.generate import define_sampling_flags  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.cli.generate import define_sampling_flags  # pylint: disable=import-outside-toplevel
   define_sampling_flags(prompt=["The future of artificial intelligence is"],
                         max_new_tokens=128, num_samples=8, top_p=0.95,
                         output_json="Write measures, matrices and samples here.")
@@ -164,7 +164,7 @@ def define_flags() -> None:
 
 def main(argv):
   from absl import app, flags, logging  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax import restore  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.checkpointing import restore  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.ERROR)

@@ -44,101 +44,17 @@ from typing import Any
 
 import ml_collections
 
-from mambaswelu_jax import config_validation
 from mambaswelu_jax import workdir as layout
-from mambaswelu_jax.workdir import atomic_write
+from mambaswelu_jax.checkpointing.checksums import CorruptCheckpoint, NonFiniteState
+from mambaswelu_jax.checkpointing.checksums import verify_checksums
+from mambaswelu_jax.checkpointing.checksums import _checksums_and_finite
+from mambaswelu_jax.checkpointing.run_config import WorkdirConfigMismatch
 
 log = logging.getLogger("mambaswelu_jax.checkpointing")
 
 
-
-class WorkdirConfigMismatch(config_validation.ConfigError):
-  """The workdir was written by a different config."""
-
-
-class CorruptCheckpoint(ValueError):
-  """A checkpoint's arrays differ from the checksums recorded when it was saved."""
-
-
-class NonFiniteState(ValueError):
-  """A state to be saved holds NaN or Inf: it is not written."""
-
-
 class CheckpointWriteError(OSError):
   """Writing a checkpoint failed (the earlier checkpoints are intact)."""
-
-
-# ----------------------------------------------------------------------------
-# Checksums of arrays (computed where the arrays live).
-# ----------------------------------------------------------------------------
-
-
-def _path_str(path) -> str:
-  import jax  # pylint: disable=import-outside-toplevel
-  return jax.tree_util.keystr(path)
-
-
-def _leaf_checksum(x):
-  """A position-weighted sum of the array's bits modulo 2**32 (any dtype up to 32 bits)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  x = jnp.asarray(x).reshape(-1)
-  width = x.dtype.itemsize
-  if x.dtype == jnp.bool_:
-    bits = x.astype(jnp.uint32)
-  elif width in (1, 2, 4):
-    utype = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[width]
-    bits = jax.lax.bitcast_convert_type(x, utype).astype(jnp.uint32)
-  else:  # 64-bit: both halves
-    bits = jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
-  weights = jnp.arange(bits.shape[0], dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(1)
-  return jnp.sum(bits * weights, dtype=jnp.uint32)
-
-
-def _finite(x):
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  x = jnp.asarray(x)
-  if jnp.issubdtype(x.dtype, jnp.inexact):
-    return jnp.all(jnp.isfinite(x))
-  return jnp.bool_(True)
-
-
-def _checksum_leaves(t):
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  leaves = jax.tree.leaves(t)
-  sums = [_leaf_checksum(x) for x in leaves]
-  finite = [_finite(x) for x in leaves]
-  return sums, (jnp.all(jnp.stack(finite)) if finite else jnp.bool_(True)), finite
-
-
-_CHECKSUMS_JIT = []  # one jitted function for the process: compiled once per tree shape
-
-
-def _checksums_and_finite(tree):
-  import jax  # pylint: disable=import-outside-toplevel
-  if not _CHECKSUMS_JIT:
-    _CHECKSUMS_JIT.append(jax.jit(_checksum_leaves))
-  sums, all_finite, finite = jax.device_get(_CHECKSUMS_JIT[0](tree))
-  paths = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-  bad = [p for p, f in zip(paths, finite) if not bool(f)]
-  return {p: int(c) for p, c in zip(paths, sums)}, bool(all_finite), bad
-
-
-def state_checksums(tree) -> dict[str, int]:
-  """{array path: checksum} of a pytree of arrays."""
-  return _checksums_and_finite(tree)[0]
-
-
-def verify_checksums(tree, recorded: dict[str, int], where: str) -> None:
-  """Raises CorruptCheckpoint when an array of `tree` differs from `recorded`
-  (arrays absent from `recorded` are not checked)."""
-  got = state_checksums(tree)
-  wrong = [p for p, c in got.items() if p in recorded and int(recorded[p]) != c]
-  if wrong:
-    raise CorruptCheckpoint(
-        f"{len(wrong)} array(s) differ from the checksums recorded at save (its files "
-        f"changed on disk) in {where}: {', '.join(wrong[:5])}")
 
 
 def _step_dir(directory, step) -> str:
@@ -152,97 +68,6 @@ def _read_meta(directory, step) -> dict | None:
     return None
   with open(path, encoding="utf-8") as f:
     return json.load(f)
-
-
-# ----------------------------------------------------------------------------
-# The recorded config.
-# ----------------------------------------------------------------------------
-
-
-def config_to_json(config: ml_collections.ConfigDict) -> str:
-  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a workdir records (for eval/generate tools)."""
-  with open(os.path.join(workdir, layout.CONFIG), encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def check_workdir(workdir: str) -> None:
-  """Refuses (ConfigError) a workdir that is a file or cannot be written."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise config_validation.ConfigError(
-        f"--workdir={workdir} is a file, not a directory: give a directory path (a new "
-        f"one starts a run, an existing run's resumes it).")
-  existing = workdir
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise config_validation.ConfigError(
-        f"--workdir={workdir} cannot be made: {existing} is a file, not a directory.")
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise config_validation.ConfigError(
-        f"--workdir={workdir} is not writable ({existing} does not allow this user to "
-        f"write): choose a directory you can write, or fix its permissions.")
-
-
-def check_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
-  """Checks `config` against the one `workdir` records; writes nothing.
-
-  Returns True when the workdir already holds a run. Raises WorkdirConfigMismatch
-  when a key outside `config_validation.RESUMABLE_CHANGES` differs and
-  `checkpoint.allow_config_change` is off (whether the stored state restores into
-  the new model is checked separately, by `check_state_matches`).
-  """
-  path = os.path.join(workdir, layout.CONFIG)
-  if os.path.exists(path):
-    changes = config_validation.diff(_flat_config_file(path), _flat(config))
-    if changes and not config.checkpoint.allow_config_change:
-      shown = "\n  ".join(changes[:20])
-      raise WorkdirConfigMismatch(
-          f"workdir {workdir} was written by a different config:\n  {shown}\n"
-          f"Use a new --workdir for a new run, or resume with this config anyway by "
-          f"adding --config.checkpoint.allow_config_change=True (allowed when the "
-          f"checkpoints still restore into the model; the old config is kept in "
-          f"{os.path.join(workdir, layout.CONFIG_HISTORY)}/).")
-    if changes:
-      log.warning("resuming %s with a changed config (allowed):\n  %s", workdir,
-                  "\n  ".join(changes))
-    return True
-  if layout.steps(workdir):
-    raise WorkdirConfigMismatch(
-        f"workdir {workdir} holds checkpoints but no {layout.CONFIG}, so its config is "
-        f"unknown. Use a new --workdir, or write the run's config to {path}.")
-  return False
-
-
-def record_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> None:
-  """Writes `config` to DIR/config.json. A different config already there (an
-  accepted change) is first copied to DIR/config_history/, so no config is lost."""
-  path = os.path.join(workdir, layout.CONFIG)
-  text = config_to_json(config)
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      old = f.read()
-    if old == text:
-      return
-    history = os.path.join(workdir, layout.CONFIG_HISTORY)
-    os.makedirs(history, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    kept = os.path.join(history, f"config.until_step_{step}.{stamp}.json")
-    atomic_write(kept, old)
-    log.info("config changed at step %d: the previous config is kept in %s", step, kept)
-  atomic_write(path, text)
-
-
-def _flat(config: ml_collections.ConfigDict) -> dict:
-  return config_validation.flatten(json.loads(config_to_json(config)))
-
-
-def _flat_config_file(path: str) -> dict:
-  with open(path, encoding="utf-8") as f:
-    return config_validation.flatten(json.load(f))
 
 
 def _key_str(key) -> str:

@@ -1,6 +1,7 @@
 """What the trainer does about faults: non-finite steps, bad states, failed writes.
 
-`FaultPolicy` owns the run's checkpoints while it trains:
+`FaultPolicy` owns the run's checkpoints while it trains (the trainer saves only
+through it):
   - counts skipped (non-finite) updates; after `train.max_consecutive_nonfinite` in a
     row, or when a state to be saved holds NaN/Inf, reloads the params and optimizer
     state of the last good checkpoint and scales the learning rate by
@@ -23,10 +24,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mambaswelu_jax import checkpointing
+from mambaswelu_jax.checkpointing import checksums
+from mambaswelu_jax.checkpointing import orbax_store
 from mambaswelu_jax.mesh import replicated
 
-log = logging.getLogger("mambaswelu_jax.fault_tolerance")
+log = logging.getLogger("mambaswelu_jax.training.fault_tolerance")
 
 # Exit status when a checkpoint write failed and checkpoint.on_write_error = "stop"
 # (the checkpoints already on disk are intact; free space and rerun to resume).
@@ -47,10 +49,11 @@ class TrainingStopped(RuntimeError):
 class FaultPolicy:
   """Saves, restores and reloads the train state, keeping the fault counters."""
 
-  def __init__(self, config: ml_collections.ConfigDict, ckpts: checkpointing.Checkpoints,
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, is_main: bool,
                abstract_state: Any, fresh_state: Callable[[], Any], mesh):
     self.train_cfg, self.ckpt_cfg = config.train, config.checkpoint
-    self.ckpts, self.abstract, self.fresh_state, self.mesh = ckpts, abstract_state, fresh_state, mesh
+    self.ckpts = orbax_store.Checkpoints(workdir, config.checkpoint, is_main=is_main)
+    self.abstract, self.fresh_state, self.mesh = abstract_state, fresh_state, mesh
     self.counters = {"skipped_updates": 0, "nonfinite_reloads": 0, "checkpoint_write_errors": 0,
                      "lr_scale": 1.0}
     self.consecutive_skips = 0
@@ -59,6 +62,10 @@ class FaultPolicy:
   def _device_scale(self) -> jax.Array:
     return jax.device_put(jnp.asarray(self.counters["lr_scale"], jnp.float32),
                           replicated(self.mesh))
+
+  def prepare_save(self, state: Any) -> None:
+    """Compiles the save's checksum function now, not in a stop's grace period."""
+    checksums.state_checksums(state)
 
   # --- Resume.
 
@@ -124,9 +131,9 @@ class FaultPolicy:
       try:
         self.ckpts.save(step, state, data_iter, meta=dict(self.counters))
         return state
-      except checkpointing.NonFiniteState as e:
+      except checksums.NonFiniteState as e:
         state = self.reload(step, state, str(e))  # then the reloaded (finite) state
-      except checkpointing.CheckpointWriteError as e:
+      except orbax_store.CheckpointWriteError as e:
         # The error may be an earlier asynchronous write's: this step once more.
         self.write_error(step, e, f"saving the checkpoint of step {step}")
     return state
@@ -134,9 +141,9 @@ class FaultPolicy:
   def save_snapshot(self, step: int, state: Any) -> Any:
     try:
       self.ckpts.save_snapshot(step, state["params"])
-    except checkpointing.NonFiniteState as e:
+    except checksums.NonFiniteState as e:
       state = self.reload(step, state, str(e))
-    except checkpointing.CheckpointWriteError as e:
+    except orbax_store.CheckpointWriteError as e:
       self.write_error(step, e, f"saving the params snapshot of step {step}")
     return state
 
@@ -144,13 +151,13 @@ class FaultPolicy:
     self.wait(step)
     try:
       self.ckpts.save_final(step, params)
-    except checkpointing.CheckpointWriteError as e:
+    except orbax_store.CheckpointWriteError as e:
       self.write_error(step, e, "saving the final params")
 
   def wait(self, step: int) -> None:
     try:
       self.ckpts.wait()
-    except checkpointing.CheckpointWriteError as e:
+    except orbax_store.CheckpointWriteError as e:
       self.write_error(step, e, "an asynchronous checkpoint write")
 
   def close(self, step: int, must_succeed: bool) -> None:
@@ -160,7 +167,7 @@ class FaultPolicy:
     on_write_error="stop"."""
     try:
       self.ckpts.close()
-    except checkpointing.CheckpointWriteError as e:
+    except orbax_store.CheckpointWriteError as e:
       self.counters["checkpoint_write_errors"] += 1
       log.error("a pending checkpoint write failed; earlier checkpoints are intact: %s", e)
       self.ckpts.discard_partial()

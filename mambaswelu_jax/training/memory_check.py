@@ -17,7 +17,7 @@ is trained or written, naming the bytes and a setting that fits: the largest
 step at the smaller micro-batches; or, when even micro-batch 1 does not fit,
 `model.remat=True` (each block's activations recomputed in the backward pass).
 
-`measure_table` is what `python -m mambaswelu_jax.summary --config=... --memory` prints.
+`measure_table` is what `python -m mambaswelu_jax.cli.summary --config=... --memory` prints.
 
 Imports jax, flax, numpy and ml_collections; the trainer's step builders are imported
 when first needed.
@@ -38,10 +38,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mambaswelu_jax import steps
+from mambaswelu_jax.training import state as train_state
 from mambaswelu_jax.config_validation import ConfigError
 from mambaswelu_jax.mesh import make_mesh
 
-log = logging.getLogger("mambaswelu_jax.memory_check")
+log = logging.getLogger("mambaswelu_jax.training.memory_check")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +51,7 @@ class StepMemory:
   micro_batch: int
   accum: int
   remat: bool
-  argument: int        # inputs: the state (params, AdamW moments), the batch, `rest`
+  argument: int        # inputs: the state (params, AdamW moments), the batch, the model handle
   output: int          # the new state and the metrics
   alias: int           # outputs written into donated inputs (the state): counted once
   temp: int            # activations kept for the backward pass, gradients, workspace
@@ -161,18 +162,18 @@ def _specs(mesh: Mesh, global_batch: int, seq_len: int):
   return {"inputs": spec, "targets": spec}, lr
 
 
-def compile_step(jitted: Callable, state: Any, rest: Any, mesh: Mesh, global_batch: int,
+def compile_step(jitted: Callable, state: Any, handle: Any, mesh: Mesh, global_batch: int,
                  seq_len: int):
   """(compiled, seconds): `jitted` (steps.make_train_step(...).jitted) compiled for the
-  run's batch. `state` and `rest` may be arrays or sharded ShapeDtypeStructs."""
+  run's batch. `state` and `handle` may hold arrays or sharded ShapeDtypeStructs."""
   batch, lr = _specs(mesh, global_batch, seq_len)
   t0 = time.perf_counter()
-  compiled = jitted.lower(state, batch, rest, lr).compile()
+  compiled = jitted.lower(state, handle, batch, lr).compile()
   return compiled, time.perf_counter() - t0
 
 
 def _with_remat(config: ml_collections.ConfigDict, remat: bool) -> ml_collections.ConfigDict:
-  if bool(config.model.get("remat", False)) == remat:
+  if bool(config.model.remat) == remat:
     return config
   new = ml_collections.ConfigDict(config.to_dict())
   new.model.remat = remat
@@ -182,39 +183,39 @@ def _with_remat(config: ml_collections.ConfigDict, remat: bool) -> ml_collection
 def _graphdef(config: ml_collections.ConfigDict) -> Any:
   """The model's static graph for `config` (nothing allocated)."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax.models.params import abstract_model  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.models.registry import abstract_model  # pylint: disable=import-outside-toplevel
   return nnx.split(abstract_model(config.model), nnx.Param, ...)[0]
 
 
 def measure(config: ml_collections.ConfigDict, mesh: Mesh, parts: Any, state: Any,
-            rest: Any, micro_batch: int, remat: bool | None = None) -> StepMemory:
+            handle: Any, micro_batch: int, remat: bool | None = None) -> StepMemory:
   """Compiles the train step at `micro_batch` per device (accumulation keeping
   train.global_batch_size) and, when given, `remat`; returns its memory."""
-  remat = bool(config.model.get("remat", False)) if remat is None else remat
+  remat = bool(config.model.remat) if remat is None else remat
   g, n = int(config.train.global_batch_size), mesh.devices.size
   accum = g // (micro_batch * n)
-  if remat != bool(config.model.get("remat", False)):
-    parts = dataclasses.replace(parts, graphdef=_graphdef(_with_remat(config, remat)))
+  if remat != bool(config.model.remat):
+    handle = handle.replace(graphdef=_graphdef(_with_remat(config, remat)))
   step = steps.make_train_step(mesh, parts, accum)
-  compiled, seconds = compile_step(step.jitted, state, rest, mesh, g,
+  compiled, seconds = compile_step(step.jitted, state, handle, mesh, g,
                                    int(config.data.seq_len))
   return memory_of(compiled, micro_batch, accum, remat, seconds)
 
 
 def abstract_state(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Any, Any, Any]:
-  """(parts, state, rest) of `steps.create_train_state` as sharded shapes: nothing is
-  allocated, so the study model is measured on a laptop."""
+  """(parts, state, handle) of `training.state.create_train_state` as sharded shapes:
+  nothing is allocated, so the study model is measured on a laptop."""
   box = {}
 
   def build():
-    parts, state, rest = steps.create_train_state(config, mesh)
+    parts, state, handle = train_state.create_train_state(config, mesh)
     box["parts"] = parts
-    return state, rest
+    return state, handle
 
-  state, rest = jax.eval_shape(build)
+  state, handle = jax.eval_shape(build)
   replicated = NamedSharding(mesh, P())
   spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
-  return box["parts"], jax.tree.map(spec, state), jax.tree.map(spec, rest)
+  return box["parts"], jax.tree.map(spec, state), jax.tree.map(spec, handle)
 
 
 # ----------------------------------------------------------------------------
@@ -222,12 +223,12 @@ def abstract_state(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Any, 
 # ----------------------------------------------------------------------------
 
 
-def _suggestion(config, mesh, parts, state, rest, needed: StepMemory, available: int,
+def _suggestion(config, mesh, parts, state, handle, needed: StepMemory, available: int,
                 source: str) -> str:
   """The refusal: bytes needed and available, and a setting that fits (compiled to check)."""
   t = config.train
   g, n, m = int(t.global_batch_size), mesh.devices.size, int(t.micro_batch_per_device)
-  remat = bool(config.model.get("remat", False))
+  remat = bool(config.model.remat)
   head = (f"the train step needs {_both(needed.total)} per device (arguments "
           f"{fmt_bytes(needed.argument)} + outputs {fmt_bytes(needed.output)} - donated "
           f"{fmt_bytes(needed.alias)} + temporaries {fmt_bytes(needed.temp)}"
@@ -238,7 +239,7 @@ def _suggestion(config, mesh, parts, state, rest, needed: StepMemory, available:
   tried = [f"micro-batch {m}{' remat' if remat else ''}: {fmt_bytes(needed.total)}"]
 
   def fits(micro, with_remat):
-    mem = measure(config, mesh, parts, state, rest, micro, with_remat)
+    mem = measure(config, mesh, parts, state, handle, micro, with_remat)
     tried.append(f"micro-batch {micro}{' remat' if with_remat else ''}: "
                  f"{fmt_bytes(mem.total)}")
     log.info("memory pre-flight: micro-batch %d%s (accumulation %d) needs %s (compiled in "
@@ -273,25 +274,25 @@ def _suggestion(config, mesh, parts, state, rest, needed: StepMemory, available:
 
 
 def preflight(config: ml_collections.ConfigDict, mesh: Mesh, parts: Any, state: Any,
-              rest: Any, step_fn: Callable) -> StepMemory | None:
+              handle: Any, step_fn: Callable) -> StepMemory | None:
   """The trainer's one call, after the state and `step_fn` (steps.make_train_step) are
   built and before step 1. Compiles `step_fn` for the run's batch (the first step then
   reuses the executable), logs its memory, and raises ConfigError with a setting that
   fits when it does not. Returns the measurement (None when train.memory_check is off
   or the backend reports no memory analysis)."""
   t = config.train
-  if not t.get("memory_check", True):
+  if not t.memory_check:
     return None
-  remat = bool(config.model.get("remat", False))
+  remat = bool(config.model.remat)
   accum = int(t.global_batch_size) // (int(t.micro_batch_per_device) * mesh.devices.size)
-  compiled, seconds = compile_step(step_fn.jitted, state, rest, mesh,
+  compiled, seconds = compile_step(step_fn.jitted, state, handle, mesh,
                                    int(t.global_batch_size), int(config.data.seq_len))
   try:
     needed = memory_of(compiled, int(t.micro_batch_per_device), accum, remat, seconds)
   except (RuntimeError, NotImplementedError) as e:  # the backend reports none
     log.warning("memory pre-flight skipped: %s", e)
     return None
-  available, source = available_bytes(mesh.local_devices, int(t.get("memory_limit_bytes", 0)))
+  available, source = available_bytes(mesh.local_devices, int(t.memory_limit_bytes))
   if not available:
     log.warning("memory pre-flight: the train step needs %s per device; the available "
                 "memory is unknown (set train.memory_limit_bytes to check it)",
@@ -301,7 +302,7 @@ def preflight(config: ml_collections.ConfigDict, mesh: Mesh, parts: Any, state: 
            "available (%s); compiled in %.1f s", fmt_bytes(needed.total),
            fmt_bytes(needed.temp), fmt_bytes(available), source, needed.compile_s)
   if needed.total > available:
-    raise ConfigError(_suggestion(config, mesh, parts, state, rest, needed, available,
+    raise ConfigError(_suggestion(config, mesh, parts, state, handle, needed, available,
                                   source))
   return needed
 
@@ -326,8 +327,8 @@ def measure_table(config: ml_collections.ConfigDict, devices: list | None = None
   g, n = int(t.global_batch_size), len(devices)
   if micro_batches is None:
     micro_batches = [c for c in micro_batch_choices(g, n) if c <= int(t.micro_batch_per_device)]
-  available, source = available_bytes(mesh.local_devices, int(t.get("memory_limit_bytes", 0)))
-  parts, state, rest = abstract_state(config, mesh)
+  available, source = available_bytes(mesh.local_devices, int(t.memory_limit_bytes))
+  parts, state, handle = abstract_state(config, mesh)
   lines = [f"train step memory per device on {n} {devices[0].platform} device(s) "
            f"({devices[0].device_kind}), global batch {g} x {config.data.seq_len} tokens; "
            f"available {fmt_bytes(available)} ({source})",
@@ -335,7 +336,7 @@ def measure_table(config: ml_collections.ConfigDict, devices: list | None = None
            f"{'donated':>11} {'temp':>11} {'total':>11} {'fits':>4} {'compile':>8}"]
   for with_remat in remat:
     for micro in micro_batches:
-      mem = measure(config, mesh, parts, state, rest, int(micro), bool(with_remat))
+      mem = measure(config, mesh, parts, state, handle, int(micro), bool(with_remat))
       fits = "?" if not available else ("yes" if mem.total <= available else "no")
       lines.append(
           f"  {mem.micro_batch:>5} {mem.accum:>5} {'on' if mem.remat else 'off':>5} "
@@ -344,5 +345,5 @@ def measure_table(config: ml_collections.ConfigDict, devices: list | None = None
           f"{fmt_bytes(mem.total):>11} {fits:>4} {mem.compile_s:>7.1f}s")
   lines.append("total = arguments + outputs - donated + temporaries (+ generated code); "
                "configured: micro-batch "
-               f"{t.micro_batch_per_device}, remat {bool(config.model.get('remat', False))}")
+               f"{t.micro_batch_per_device}, remat {bool(config.model.remat)}")
   return lines

@@ -1,10 +1,10 @@
 r"""Evaluate a run's checkpoints: loss, perplexity and bits per byte per split and text type.
 
-  python -m mambaswelu_jax.eval --workdir=DIR [--step=latest|final|N|all]
+  python -m mambaswelu_jax.cli.eval --workdir=DIR [--step=latest|final|N|all]
       [--splits=validation,test] [--max_tokens=N] [--benchmarks=lambada_openai,...]
 
 Reads only the workdir: its recorded config, its tokenizer and the Orbax parameters of
-each step asked for (`mambaswelu_jax.restore`), restored onto the devices of *this*
+each step asked for (`mambaswelu_jax.checkpointing.restore`), restored onto the devices of *this*
 process, so a workdir copied to another machine or evaluated on another device count
 works the same. `--step=all` evaluates every saved step (the params-only snapshots,
 the full checkpoints still kept and the final params): the loss-versus-tokens curve.
@@ -24,7 +24,7 @@ import os
 import sys
 
 from mambaswelu_jax import evaluation
-from mambaswelu_jax import restore
+from mambaswelu_jax.checkpointing import restore
 
 # Exit status when the figures were computed and printed but their result file could not
 # be written (a read-only or full workdir): rerun with --output_dir.

@@ -18,7 +18,7 @@ import numpy as np
 
 from mambaswelu_jax.config_validation import ConfigError
 
-log = logging.getLogger("mambaswelu_jax.run_data")
+log = logging.getLogger("mambaswelu_jax.data.run_data")
 
 
 def data_streams(config: ml_collections.ConfigDict, process_count: int | None = None) -> int:

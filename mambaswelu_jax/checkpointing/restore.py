@@ -25,9 +25,13 @@ import ml_collections
 from flax import nnx
 
 from kernels import scan as kscan
-from mambaswelu_jax import checkpointing
 from mambaswelu_jax import workdir as layout
+from mambaswelu_jax.checkpointing import orbax_store
+from mambaswelu_jax.checkpointing import run_config
 from mambaswelu_jax.mesh import make_mesh, replicated
+from mambaswelu_jax.models.handle import ModelHandle, fresh_handle
+from mambaswelu_jax.models.registry import abstract_params as abstract_params_of
+from mambaswelu_jax.models.registry import max_positions
 
 
 class RunError(Exception):
@@ -42,22 +46,21 @@ class Run:
   step: int
   kind: str            # one of workdir.PARAMS_KINDS
   tokenizer: Any
-  graphdef: Any
+  handle: ModelHandle  # the graph and the variables that are not trained
   params: Any
-  rest: Any
   mesh: Any
 
   @functools.cached_property
   def model(self) -> nnx.Module:
-    return nnx.merge(self.graphdef, self.params, self.rest)
+    return self.handle.bind(self.params)
 
   @functools.cached_property
   def _forward(self):
-    return jax.jit(lambda params, rest, tokens: nnx.merge(self.graphdef, params, rest)(tokens))
+    return jax.jit(lambda params, handle, tokens: handle.bind(params)(tokens))
 
   def logits(self, tokens) -> jax.Array:
     """The model's plain forward pass, compiled: int (b, L) -> float32 logits (b, L, V)."""
-    return self._forward(self.params, self.rest, jnp.asarray(tokens, jnp.int32))
+    return self._forward(self.params, self.handle, jnp.asarray(tokens, jnp.int32))
 
   @property
   def name(self) -> str:
@@ -79,10 +82,7 @@ class Run:
     its KV cache), and so does a Mamba model with learned positions. The selective SSM
     without them has no limit: its recurrent state carries any length, so it is scored
     on whole sequences, however long, and never at the training length."""
-    m = self.config.model
-    if m.get("learned_positions", False) or m.get("architecture", "mamba") != "mamba":
-      return int(m.max_len)
-    return None
+    return max_positions(self.config.model)
 
 
 # ----------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def load_config_and_tokenizer(workdir: str):
     raise RunError(f"{workdir} has no {layout.CONFIG}: not a run's workdir "
                    f"(a run records its resolved config there when it starts)")
   try:
-    config = checkpointing.load_config(workdir)
+    config = run_config.load_config(workdir)
   except (OSError, ValueError) as e:
     raise RunError(f"{cfg_path} does not read as JSON: {e}") from e
   tok_path = os.path.join(workdir, layout.TOKENIZER)
@@ -184,29 +184,23 @@ def load_run(workdir: str, step: str | int = "latest", devices: Sequence | None 
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.scan_impl = "auto"
 
-  from mambaswelu_jax.models import build_model  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax.models.params import abstract_model  # pylint: disable=import-outside-toplevel
   mesh = make_mesh(list(devices) if devices is not None else jax.local_devices())
-  graphdef, abstract_params, _ = nnx.split(abstract_model(config.model), nnx.Param, ...)
   sharding = replicated(mesh)
   abstract_params = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract_params)
-
-  def fresh_rest():  # non-parameter variables are not checkpointed: rebuilt from the config
-    model = build_model(config.model, nnx.Rngs(int(config.get("seed", 0))))
-    return nnx.split(model, nnx.Param, ...)[2]
-
-  rest = jax.jit(fresh_rest, out_shardings=sharding)()
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      abstract_params_of(config.model))
+  # Non-parameter variables are not checkpointed: rebuilt from the config.
+  handle = fresh_handle(config.model, int(config.seed), sharding)
 
   errors = []
   for kind in kinds:
     try:
-      got, params = checkpointing.restore_params(workdir, abstract_params, step_n, kind=kind)
+      got, params = orbax_store.restore_params(workdir, abstract_params, step_n, kind=kind)
     except Exception as e:  # pylint: disable=broad-except
       errors.append(f"{os.path.join(workdir, kind, str(step_n))}: {type(e).__name__}: "
                     f"{str(e)[:300]}")
       continue
-    return Run(workdir, config, got, kind, tokenizer, graphdef, params, rest, mesh)
+    return Run(workdir, config, got, kind, tokenizer, handle, params, mesh)
   raise RunError(f"params of step {step_n} do not restore (corrupt or incomplete "
                  f"checkpoint?):\n  " + "\n  ".join(errors))
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from mambaswelu_jax import workdir as layout
 
-log = logging.getLogger("mambaswelu_jax.data_order")
+log = logging.getLogger("mambaswelu_jax.data.order")
 
 
 class DataOrderLog:

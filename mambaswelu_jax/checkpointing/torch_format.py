@@ -1,9 +1,9 @@
 r"""Checkpoints between the original PyTorch project and a workdir, both ways.
 
-  python -m mambaswelu_jax.torch_checkpoint import --checkpoint=model_step_N.pt \
+  python -m mambaswelu_jax.cli.torch_checkpoint import --checkpoint=model_step_N.pt \
       --config=configs/original_124m.py --workdir=DIR [--tokenizer=tok.model] \
       [--set model.swelu_learn_lambda=True] [--step=N]
-  python -m mambaswelu_jax.torch_checkpoint export --workdir=DIR --out=model.pt \
+  python -m mambaswelu_jax.cli.torch_checkpoint export --workdir=DIR --out=model.pt \
       [--safetensors=model.safetensors] [--step=latest|N]
 
 import reads the original's `model_step_N.pt` / `final_model.pt` (a state dict alone, or
@@ -28,7 +28,6 @@ module never imports the training loop.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import importlib.util
 import os
@@ -74,7 +73,7 @@ def torch_names(model_cfg) -> dict[str, tuple[str, str]]:
   through softplus when model.swelu_k_param is "softplus"). lm_head.weight is not
   listed: it is the tied embedding."""
   m = model_cfg
-  if m.get("architecture", "mamba") != "mamba":
+  if m.architecture != "mamba":
     raise CheckpointError(f"model.architecture={m.architecture!r}: only the Mamba model "
                           f"has an original PyTorch counterpart")
   swelu = m.activation == "swelu"
@@ -120,7 +119,7 @@ def _inverse_softplus64(k):
 def _abstract_flat(model_cfg) -> dict:
   """{path: ShapeDtypeStruct} of the config's params."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax.models.params import abstract_params  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.models.registry import abstract_params  # pylint: disable=import-outside-toplevel
   flat = nnx.to_flat_state(abstract_params(model_cfg))
   return {"/".join(str(p) for p in path): v.get_value() if hasattr(v, "get_value") else v.value
           for path, v in flat}
@@ -326,15 +325,16 @@ def import_checkpoint(checkpoint: str, config, workdir: str, tokenizer: str = ""
   params = _params_tree(config.model, flat)
 
   import ml_collections  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.checkpointing import orbax_store
+  from mambaswelu_jax.checkpointing import run_config
   parent = os.path.dirname(os.path.abspath(workdir)) or "."
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=".import-", dir=parent)
   try:
-    checkpointing.record_config(staging, config, step)
+    run_config.record_config(staging, config, step)
     if tokenizer:
       shutil.copyfile(tokenizer, os.path.join(staging, layout.TOKENIZER))
-    ckpts = checkpointing.Checkpoints(staging, ml_collections.ConfigDict(
+    ckpts = orbax_store.Checkpoints(staging, ml_collections.ConfigDict(
         {"async_save": False, "max_to_keep": 1}))
     ckpts.save_final(step, params)
     ckpts.close()
@@ -370,7 +370,7 @@ def _params_tree(model_cfg, flat: dict):
   """The nnx params state of `model_cfg` holding the arrays of `flat`."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax.models.params import abstract_params  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.models.registry import abstract_params  # pylint: disable=import-outside-toplevel
   state = abstract_params(model_cfg)
   items = []
   for path, var in nnx.to_flat_state(state):
@@ -383,16 +383,18 @@ def workdir_state_dict(workdir: str, step: str = "latest") -> tuple[dict, int, o
   """(the original's state dict, step, config) of a workdir's params."""
   import jax  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax import checkpointing, restore  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax.models.params import abstract_params  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.checkpointing import orbax_store
+  from mambaswelu_jax.checkpointing import run_config
+  from mambaswelu_jax.checkpointing import restore  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.models.registry import abstract_params  # pylint: disable=import-outside-toplevel
   if not os.path.isfile(os.path.join(workdir, "config.json")):
     raise CheckpointError(f"--workdir={workdir} is not a run's workdir (no config.json)")
-  config = checkpointing.load_config(workdir)
+  config = run_config.load_config(workdir)
   names = torch_names(config.model)  # refuses the Transformer before restoring
   del names
   try:
     (step_n,) = restore.resolve_steps(workdir, step)
-    got, params = checkpointing.restore_params(workdir, abstract_params(config.model), step_n)
+    got, params = orbax_store.restore_params(workdir, abstract_params(config.model), step_n)
   except (restore.RunError, FileNotFoundError, ValueError) as e:
     raise CheckpointError(f"--workdir={workdir}: {str(e).splitlines()[0]}") from e
   flat = {"/".join(str(p) for p in path): np.asarray(jax.device_get(v.get_value()))
@@ -454,44 +456,3 @@ def export_checkpoint(workdir: str, out: str = "", safetensors_path: str = "",
   for tmp, final in staged:
     os.replace(tmp, final)
   return got
-
-
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m mambaswelu_jax.torch_checkpoint",
-                                   description=__doc__.split("\n\n")[0])
-  sub = parser.add_subparsers(dest="command", required=True)
-  imp = sub.add_parser("import", help="an original .pt/.safetensors -> a new workdir")
-  imp.add_argument("--checkpoint", required=True)
-  imp.add_argument("--config", required=True, help="configs/X.py[:arg]")
-  imp.add_argument("--workdir", required=True)
-  imp.add_argument("--tokenizer", default="", help="a SentencePiece model to copy in")
-  imp.add_argument("--step", type=int, default=None)
-  imp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a config override, e.g. model.swelu_learn_lambda=True")
-  exp = sub.add_parser("export", help="a workdir's params -> .pt and/or .safetensors")
-  exp.add_argument("--workdir", required=True)
-  exp.add_argument("--out", default="")
-  exp.add_argument("--safetensors", default="")
-  exp.add_argument("--step", default="latest")
-  args = parser.parse_args(argv)
-  from absl import logging  # pylint: disable=import-outside-toplevel
-  logging.set_verbosity(logging.ERROR)  # Orbax's notes on read-only managers
-  try:
-    if args.command == "import":
-      config = load_config_file(args.config, args.set)
-      step = import_checkpoint(args.checkpoint, config, args.workdir, args.tokenizer,
-                               args.step)
-      print(f"imported {args.checkpoint} into {args.workdir} (final params of step {step})")
-    else:
-      step = export_checkpoint(args.workdir, args.out, args.safetensors, args.step)
-      print(f"exported step {step} of {args.workdir} to "
-            f"{' and '.join(p for p in (args.out, args.safetensors) if p)}")
-  except CheckpointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return USAGE_EXIT_CODE
-  return 0
-
-
-if __name__ == "__main__":
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  sys.exit(main())

@@ -28,25 +28,28 @@ import jax
 import ml_collections
 import numpy as np
 
-from mambaswelu_jax import checkpointing
 from mambaswelu_jax import config_validation
-from mambaswelu_jax import memory_check
+from mambaswelu_jax import evaluation
 from mambaswelu_jax import metrics as metrics_lib
-from mambaswelu_jax import perplexity
-from mambaswelu_jax import run_data
 from mambaswelu_jax import workdir as layout
-from mambaswelu_jax.data_order import DataOrderLog
-from mambaswelu_jax.fault_tolerance import WRITE_ERROR_EXIT_CODE, FaultPolicy, TrainingStopped
-from mambaswelu_jax.mesh import make_mesh, pad_rows, split_batch, to_global
+from mambaswelu_jax.checkpointing import orbax_store
+from mambaswelu_jax.checkpointing import run_config
+from mambaswelu_jax.data import run_data as data_lib
+from mambaswelu_jax.data.order import DataOrderLog
+from mambaswelu_jax.mesh import make_mesh, split_batch, to_global
 from mambaswelu_jax.models import swelu_scalars
 from mambaswelu_jax.models.flops import flops_per_token
-from mambaswelu_jax.sampler import sample_text
-from mambaswelu_jax.steps import abstract_train_state, create_train_state, make_eval_step
-from mambaswelu_jax.steps import make_schedule
-from mambaswelu_jax.steps import make_train_step, merge_model
-from mambaswelu_jax.stop_signals import StopSignals, signal_name
+from mambaswelu_jax.models.registry import max_positions
+from mambaswelu_jax.sampling import sample_text
+from mambaswelu_jax.steps import make_eval_step, make_train_step
+from mambaswelu_jax.training import memory_check
+from mambaswelu_jax.training import throughput
+from mambaswelu_jax.training.fault_tolerance import WRITE_ERROR_EXIT_CODE, FaultPolicy, TrainingStopped
+from mambaswelu_jax.training.state import ModelParts, abstract_train_state, create_train_state
+from mambaswelu_jax.training.state import make_schedule
+from mambaswelu_jax.training.stop_signals import StopSignals, signal_name
 
-log = logging.getLogger("mambaswelu_jax.train")
+log = logging.getLogger("mambaswelu_jax.training.train")
 
 # Exit status of `main` when SIGTERM stopped the run after saving a checkpoint
 # (the status a shell reports for a process ended by SIGTERM: schedulers treat it
@@ -82,7 +85,7 @@ class _WorkdirStart:
       return
     if self.is_main:
       try:
-        checkpointing.record_config(self.workdir, self.config, step)
+        run_config.record_config(self.workdir, self.config, step)
       except OSError as e:  # a full disk: checkpoints without their config cannot resume
         raise TrainingStopped(
             f"writing {os.path.join(self.workdir, layout.CONFIG)} failed: {e}\nNo checkpoint "
@@ -147,15 +150,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   config = config_validation.resolve(config, num_devices=len(devices),
                                      process_count=jax.process_count())
   accum = config_validation.check_batch(config, len(devices), jax.process_count())
-  checkpointing.check_workdir(workdir)
+  run_config.check_workdir(workdir)
   lock = None
   if is_main:  # a workdir in use is refused first (taken below, once the checks pass)
     lock = layout.WorkdirLock(workdir, take_over=take_over_lock, stale_s=lock_stale_s,
                               command=" ".join(sys.argv))
     lock.check()
-  resuming = checkpointing.check_config(workdir, config)
+  resuming = run_config.check_config(workdir, config)
   if resuming and layout.steps(workdir):  # the stored shapes, before anything is built
-    checkpointing.check_state_matches(workdir, abstract_train_state(config))
+    orbax_store.check_state_matches(workdir, abstract_train_state(config))
   if resuming:
     done = _already_complete(config, workdir)
     if done is not None:
@@ -186,39 +189,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       lock.release()
 
 
-def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
-           lock: layout.WorkdirLock | None) -> TrainResult:
-  tc, ec, cc = config.train, config.eval, config.checkpoint
-  num_steps, is_main = int(tc.num_steps), start.is_main
+@dataclasses.dataclass
+class _Setup:
+  """What the loop runs with, made by `_setup` before the first step."""
+  config: Any
+  mesh: Any
+  data: data_lib.RunData
+  parts: ModelParts
+  handle: Any                  # models.handle.ModelHandle
+  state: Any
+  start_step: int
+  faults: FaultPolicy
+  train_step: Any
+  eval_step: Any
+  text_types: list
+  schedule: Any
+  meter: Any
+
+
+def _setup(config, workdir, devices, accum, resuming, is_main) -> _Setup:
+  """Data, model, optimizer, compiled steps (the train step must fit in memory) and
+  the starting state (resume, train.init_from, or from scratch)."""
+  tc = config.train
   mesh = make_mesh(devices)
   tokens_per_step = int(tc.global_batch_size) * int(config.data.seq_len)
   log.info("run %s: %d device(s) %s over %d process(es); global batch %d x %d tokens = "
            "%d per step (micro %d x accumulation %d per device); %d steps",
            workdir, len(devices), devices[0].device_kind, jax.process_count(),
            tc.global_batch_size, config.data.seq_len, tokens_per_step,
-           tc.micro_batch_per_device, accum, num_steps)
-
-  # --- Data: tokenizer (checked against the model), train iterator, eval batches.
-  data = run_data.RunData(config, workdir, num_devices=len(devices))
-
-  # --- Model, optimizer, state; the compiled step must fit in memory.
-  parts, state, rest = create_train_state(config, mesh)
+           tc.micro_batch_per_device, accum, tc.num_steps)
+  data = data_lib.RunData(config, workdir, num_devices=len(devices))
+  parts, state, handle = create_train_state(config, mesh)
   log.info("model: %s parameters", f"{parts.num_params:,}")
   train_step_fn = make_train_step(mesh, parts, accum)
-  memory_check.preflight(config, mesh, parts, state, rest, train_step_fn)
-  eval_step_fn = make_eval_step(mesh, parts.graphdef)
-  schedule = make_schedule(tc, num_steps)
-
-  # --- Checkpoints: resume, or start from train.init_from, or from scratch.
+  memory_check.preflight(config, mesh, parts, state, handle, train_step_fn)
+  types = evaluation.text_types(data.source)
   faults, start_step, state = _starting_state(config, workdir, mesh, data, parts, state,
                                               resuming, is_main)
-
   flops = float(flops_per_token(config.model, int(config.data.seq_len))["training"])
-  peak, peak_source = metrics_lib.peak_tflops(devices[0], len(mesh.local_devices),
-                                              tc.peak_tflops_per_device)
+  peak, peak_source = throughput.peak_tflops(devices[0], len(mesh.local_devices),
+                                             tc.peak_tflops_per_device)
   log.info("FLOPs per token (training) %.3g; peak %.3g TFLOP/s per device from %s",
            flops, peak, peak_source)
-  meter = metrics_lib.ThroughputMeter(tokens_per_step, flops, len(devices), peak)
+  return _Setup(config, mesh, data, parts, handle, state, start_step, faults, train_step_fn,
+                make_eval_step(mesh, len(types)), types,
+                make_schedule(tc, int(tc.num_steps)),
+                throughput.ThroughputMeter(tokens_per_step, flops, len(devices), peak))
+
+
+def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
+           lock: layout.WorkdirLock | None) -> TrainResult:
+  run = _setup(config, workdir, devices, accum, resuming, start.is_main)
+  tc, cc, num_steps = config.train, config.checkpoint, int(config.train.num_steps)
+  state, faults, meter, start_step = run.state, run.faults, run.meter, run.start_step
   writer = data_order = None   # made once the first step has run
   pending: list = []           # device metrics since the last log line
   counts: dict = {}            # the batches' side counters (skipped data)
@@ -227,30 +250,20 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
   stop_at = min(int(tc.stop_at_step) or num_steps, num_steps)
   step = start_step
   run_start = time.perf_counter()
-
-  # --- The loop.
   try:
     with StopSignals(install=jax.process_count() == 1) as stopper:
       for step in range(start_step + 1, stop_at + 1):
-        arrays, extra = split_batch(next(data.train_iter))
+        arrays, extra = split_batch(next(run.data.train_iter))
         counts.update(extra)
-        state, step_metrics = train_step_fn(state, to_global(arrays, mesh), rest,
-                                            faults.lr_scale)
+        state, step_metrics = run.train_step(state, run.handle, to_global(arrays, run.mesh),
+                                             faults.lr_scale)
         pending.append(step_metrics)
         if len(pending) > MAX_STEPS_IN_FLIGHT:  # at most this many steps ahead of the device
           jax.block_until_ready(pending[-1 - MAX_STEPS_IN_FLIGHT])
-        if lock is not None and lock.lost:
-          data_order = None  # another trainer writes this workdir now: write nothing more
-          raise TrainingStopped(
-              f"step {step}: another trainer took this workdir over "
-              f"({lock.describe(lock.lost)}); this one stops without saving.",
-              LOCK_LOST_EXIT_CODE)
+        _check_lock(lock, step)
         if step == start_step + 1:  # compilation: keep it out of the timings
-          jax.block_until_ready(step_metrics)
-          log.info("first step (with what was left to compile) took %.1f s",
-                   time.perf_counter() - run_start)
-          first_loss = float(jax.device_get(step_metrics["train_loss"])) if step == 1 else None
-          writer, data_order = _start_recording(start, config, start_step, parts.num_params)
+          first_loss = _first_step_done(step_metrics, step, run_start)
+          writer, data_order = _start_recording(start, config, start_step, run.parts.num_params)
           meter.restart()
         else:
           meter.count_step()
@@ -259,24 +272,12 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
 
         scalars: dict = {}
         if due(step, tc.log_every_steps, num_steps):
-          fetched = jax.device_get(pending or [step_metrics])
+          scalars, state = _log_interval(run, step, state, pending or [step_metrics], counts)
           pending = []
-          faults.count_skips(step, fetched)
-          scalars = _train_scalars(fetched, meter.scalars(step), faults, schedule, step)
-          scalars.update(swelu_scalars(merge_model(parts, state["params"], rest)))
-          scalars.update(counts)
-          _log_progress(step, num_steps, scalars)
-          meter.restart()
-          state = faults.reload_if_diverging(step, state)
-
         paused_from = time.perf_counter()
-        if due(step, ec.every_steps, num_steps):
-          final_eval = _evaluate(eval_step_fn, state["params"], rest, data, mesh, config,
-                                 final=step == num_steps)
+        if due(step, config.eval.every_steps, num_steps):
+          final_eval = _validate(run, state["params"], step)
           scalars.update(final_eval)
-          log.info("step %d  validation loss %.4f  perplexity %.2f  bits/byte %.4f", step,
-                   final_eval["validation_loss"], final_eval["validation_perplexity"],
-                   final_eval["validation_bits_per_byte"])
         if scalars:
           writer.write_scalars(step, scalars)
         stop = stopper.signal is not None or (jax.process_count() > 1
@@ -284,7 +285,7 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
         if due(step, cc.every_steps, num_steps) or stop or step == stop_at:
           if data_order is not None:
             data_order.flush()
-          state = faults.save(step, state, data.train_iter)
+          state = faults.save(step, state, run.data.train_iter)
         if cc.snapshot_every_steps and step % cc.snapshot_every_steps == 0:
           state = faults.save_snapshot(step, state)
         meter.pause(time.perf_counter() - paused_from)
@@ -294,23 +295,9 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
                       "command to resume.", signal_name(stop_signal), step)
           break
     if writer is None:  # no step was left to run
-      writer, data_order = _start_recording(start, config, start_step, parts.num_params)
-
-    # --- The end: final params, a text sample.
+      writer, data_order = _start_recording(start, config, start_step, run.parts.num_params)
     if step >= num_steps and not stop_signal:
-      faults.save_final(step, state["params"])
-      if start_step == num_steps:
-        log.info("run already complete at step %d", step)
-      if ec.sample_tokens > 0:
-        sample = sample_text(
-            parts.graphdef, state["params"], rest, data.tokenizer, ec.sample_prompt,
-            int(ec.sample_tokens), float(ec.sample_temperature),
-            max_positions=(0 if config.model.get("architecture", "mamba") == "mamba"
-                           else int(config.model.max_len)),
-            seed=config.seed)
-        writer.write_texts(step, {"sample": sample})
-        log.info("sample (temperature %.2f):\n%s%s", ec.sample_temperature, ec.sample_prompt,
-                 sample)
+      sample = _finish(run, step, state, writer)
   finally:  # pending async saves finish; writers flush, also on errors
     if data_order is not None:
       data_order.close()
@@ -322,10 +309,54 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
   elapsed = time.perf_counter() - run_start
   log.info("done at step %d in %s", step, _fmt_time(elapsed))
   summary = _summary(workdir, step, num_steps, elapsed, stop_signal, first_loss, final_eval,
-                     config, ec.sample_prompt, sample)
+                     config, config.eval.sample_prompt, sample)
   summary += _write_errors_line(workdir, faults)
   return TrainResult(step=step, final_metrics=final_eval,
                      state=state, summary=summary, stop_signal=int(stop_signal))
+
+
+def _check_lock(lock: layout.WorkdirLock | None, step: int) -> None:
+  if lock is not None and lock.lost:  # another trainer writes this workdir now
+    raise TrainingStopped(
+        f"step {step}: another trainer took this workdir over "
+        f"({lock.describe(lock.lost)}); this one stops without saving.", LOCK_LOST_EXIT_CODE)
+
+
+def _first_step_done(step_metrics, step: int, run_start: float) -> float | None:
+  """Waits for the first step (with what was left to compile); its loss at step 1."""
+  jax.block_until_ready(step_metrics)
+  log.info("first step (with what was left to compile) took %.1f s",
+           time.perf_counter() - run_start)
+  return float(jax.device_get(step_metrics["train_loss"])) if step == 1 else None
+
+
+def _log_interval(run: _Setup, step: int, state, pending: list, counts: dict):
+  """The log line's scalars (means over the interval, throughput, SWELU scalars) and the
+  state (reloaded when the run keeps producing non-finite steps)."""
+  fetched = jax.device_get(pending)
+  run.faults.count_skips(step, fetched)
+  scalars = _train_scalars(fetched, run.meter.scalars(step), run.faults, run.schedule, step)
+  scalars.update(swelu_scalars(run.handle.bind(state["params"])))
+  scalars.update(counts)
+  _log_progress(step, int(run.config.train.num_steps), scalars)
+  run.meter.restart()
+  return scalars, run.faults.reload_if_diverging(step, state)
+
+
+def _finish(run: _Setup, step: int, state, writer) -> str:
+  """The end of training: the final params, then a text sample (returned)."""
+  ec = run.config.eval
+  run.faults.save_final(step, state["params"])
+  if run.start_step == step:
+    log.info("run already complete at step %d", step)
+  if ec.sample_tokens <= 0:
+    return ""
+  sample = sample_text(run.handle, state["params"], run.data.tokenizer, ec.sample_prompt,
+                       int(ec.sample_tokens), float(ec.sample_temperature),
+                       max_positions=max_positions(run.config.model) or 0, seed=run.config.seed)
+  writer.write_texts(step, {"sample": sample})
+  log.info("sample (temperature %.2f):\n%s%s", ec.sample_temperature, ec.sample_prompt, sample)
+  return sample
 
 
 def _starting_state(config, workdir, mesh, data, parts, state, resuming, is_main):
@@ -334,19 +365,17 @@ def _starting_state(config, workdir, mesh, data, parts, state, resuming, is_main
   (damaged ones are moved aside), else start from train.init_from, else from `state`."""
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           state)
-  ckpts = checkpointing.Checkpoints(workdir, config.checkpoint, is_main=is_main)
-  faults = FaultPolicy(config, ckpts, abstract, lambda: create_train_state(config, mesh)[1],
-                       mesh)
+  faults = FaultPolicy(config, workdir, is_main, abstract,
+                       lambda: create_train_state(config, mesh)[1], mesh)
   start_step, restored = 0, faults.restore(data.train_iter)
   if restored is not None:
     start_step, state = restored
     log.info("resumed from %s/%s/%d", workdir, layout.CHECKPOINTS, start_step)
-  elif config.train.get("init_from", ""):
+  elif config.train.init_from:
     state = _init_from(config.train.init_from, state, parts, abstract)
   elif resuming:
     log.info("workdir %s has no checkpoint yet: starting from step 0", workdir)
-  # The save's checksum function compiles now, not in a stop's grace period.
-  checkpointing.state_checksums(state)
+  faults.prepare_save(state)
   if is_main:
     _warn_if_disk_too_small(workdir, state)
   return faults, start_step, state
@@ -413,7 +442,7 @@ def _start_recording(start: _WorkdirStart, config, start_step: int, num_params: 
   return writer, data_order
 
 
-def _train_scalars(fetched: list[dict], throughput: dict, faults: FaultPolicy, schedule,
+def _train_scalars(fetched: list[dict], meter_scalars: dict, faults: FaultPolicy, schedule,
                    step: int) -> dict:
   """Means over the applied steps of the log interval (NaN when every one was skipped),
   throughput, the learning rate and the fault counters."""
@@ -421,7 +450,7 @@ def _train_scalars(fetched: list[dict], throughput: dict, faults: FaultPolicy, s
   mean = lambda k: float(np.mean([m[k] for m in applied])) if applied else float("nan")  # pylint: disable=unnecessary-lambda-assignment
   return {"train_loss": mean("train_loss"),
           "learning_rate": float(schedule(step - 1)) * faults.counters["lr_scale"],
-          "grad_norm": mean("grad_norm"), **throughput,
+          "grad_norm": mean("grad_norm"), **meter_scalars,
           **{k: float(v) for k, v in faults.counters.items()}}
 
 
@@ -438,7 +467,7 @@ def _init_from(source: str, state, parts, abstract):
   newest checkpoint or snapshot) and a fresh optimizer state, at step 0."""
   source = os.path.abspath(os.path.expanduser(source))
   try:
-    got, params = checkpointing.restore_params(source, abstract["params"])
+    got, params = orbax_store.restore_params(source, abstract["params"])
   except Exception as e:  # pylint: disable=broad-except
     raise config_validation.ConfigError(
         f"config key 'train.init_from' = {source!r}: its params do not restore into this "
@@ -450,36 +479,31 @@ def _init_from(source: str, state, parts, abstract):
               lambda a: a.sharding, abstract["opt_state"]))(params)}
 
 
-def _evaluate(eval_step_fn, params, rest, data, mesh, config, final) -> dict:
-  """Validation loss, perplexity and bits per byte over the validation split (at the
-  end also the validation tokens' unigram entropy)."""
-  ec = config.eval
-  rows = int(ec.batch_per_device) * len(mesh.local_devices)  # this process's share
-  totals = np.zeros(3, np.float64)
-  counts = np.zeros((config.model.vocab_size,), np.float64) if final else None
-  for i, batch in enumerate(data.eval_batches()):
-    if ec.max_batches and i >= ec.max_batches:
-      break
-    batch = pad_rows(batch, rows)
-    if counts is not None:
-      t = np.asarray(batch["targets"]).reshape(-1)
-      w = np.asarray(batch["weights"], np.float64).reshape(-1)
-      counts += np.bincount(t, weights=w, minlength=counts.shape[0])[:counts.shape[0]]
-    totals += np.asarray(jax.device_get(eval_step_fn(params, to_global(batch, mesh), rest)),
-                         np.float64)[0]
-  nll, tokens, nbytes = totals
-  if tokens == 0:
+def _validate(run: _Setup, params, step: int) -> dict:
+  """The validation figures of `params` over the run's fixed validation subset, by the
+  evaluation library's code: loss, perplexity, bits per byte, overall and per text
+  type (validation/<type>/<figure>); at the end also the unigram entropy of the
+  validation tokens."""
+  ec = run.config.eval
+  vocab = int(run.config.model.vocab_size) if step == int(run.config.train.num_steps) else 0
+  got = evaluation.sum_batches(
+      run.eval_step, params, run.handle, run.data.eval_batches(), run.mesh,
+      rows=int(ec.batch_per_device) * len(run.mesh.local_devices),  # this process's share
+      max_batches=int(ec.max_batches), vocab_size=vocab)
+  if got["totals"] is None or got["totals"][:, 1].sum() == 0:
     return {}
-  figures = perplexity.figures(nll, tokens, max(nbytes, 1.0))
+  figures = evaluation.split_figures(got["totals"], run.text_types)
   out = {"validation_loss": figures["loss"], "validation_perplexity": figures["perplexity"],
-         "validation_bits_per_byte": figures["bits_per_byte"], "validation_tokens": tokens}
-  if counts is not None and counts.sum() > 0:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      counts = np.asarray(multihost_utils.process_allgather(counts)).reshape(
-          -1, counts.shape[0]).sum(0)
-    p = counts[counts > 0] / counts.sum()
-    out["validation_unigram_entropy"] = float(-(p * np.log(p)).sum())
+         "validation_bits_per_byte": figures["bits_per_byte"],
+         "validation_tokens": figures["tokens"]}
+  if len(run.text_types) > 1:
+    for typ, f in figures["by_type"].items():
+      out.update({f"validation/{typ}/{k}": f[k] for k in ("loss", "perplexity", "bits_per_byte")})
+  if got["counts"] is not None and got["counts"].sum() > 0:
+    out["validation_unigram_entropy"] = evaluation.unigram_entropy(got["counts"])
+  log.info("step %d  validation loss %.4f  perplexity %.2f  bits/byte %.4f", step,
+           out["validation_loss"],
+           out["validation_perplexity"], out["validation_bits_per_byte"])
   return out
 
 
@@ -508,8 +532,8 @@ def _summary(workdir, step, num_steps, elapsed, stop_signal, first_loss, final_e
             f"  TensorBoard            tensorboard --logdir {os.path.join(workdir, layout.TENSORBOARD)}",
             f"  checkpoints            {os.path.join(workdir, layout.CHECKPOINTS)}"]
   if step >= num_steps:
-    lines += [f"  evaluate               python -m mambaswelu_jax.eval --workdir={workdir}",
-              f"  generate               python -m mambaswelu_jax.generate --workdir={workdir} "
+    lines += [f"  evaluate               python -m mambaswelu_jax.cli.eval --workdir={workdir}",
+              f"  generate               python -m mambaswelu_jax.cli.generate --workdir={workdir} "
               f"--prompt='...'"]
   return "\n".join(lines)
 

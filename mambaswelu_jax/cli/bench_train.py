@@ -1,7 +1,7 @@
 r"""Times the real train step of a config on synthetic tokens: tokens/s, TFLOP/s per
 device and MFU, without data, checkpoints or writers.
 
-  python -m mambaswelu_jax.bench_train --config=configs/slimpajama_chinchilla.py \
+  python -m mambaswelu_jax.cli.bench_train --config=configs/slimpajama_chinchilla.py \
       --config.data.seq_len=128 --config.train.global_batch_size=2 \
       --config.train.micro_batch_per_device=1 --config.train.num_steps=100 --steps=5
 
@@ -23,8 +23,10 @@ flags.mark_flags_as_required(["config"])
 def benchmark(config, steps: int) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax import config_validation, metrics  # pylint: disable=import-outside-toplevel
-  from mambaswelu_jax.steps import create_train_state, make_train_step  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax import config_validation  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.training import throughput  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.steps import make_train_step  # pylint: disable=import-outside-toplevel
+  from mambaswelu_jax.training.state import create_train_state  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.mesh import make_mesh, to_global  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.models.flops import flops_per_token  # pylint: disable=import-outside-toplevel
   devices = jax.devices()
@@ -32,7 +34,7 @@ def benchmark(config, steps: int) -> dict:
                                      process_count=jax.process_count())
   accum = config_validation.check_batch(config, len(devices), jax.process_count())
   mesh = make_mesh(devices)
-  parts, state, rest = create_train_state(config, mesh)
+  parts, state, handle = create_train_state(config, mesh)
   step_fn = make_train_step(mesh, parts, accum)
   rows = int(config.train.global_batch_size) // jax.process_count()
   seq_len = int(config.data.seq_len)
@@ -40,16 +42,16 @@ def benchmark(config, steps: int) -> dict:
   tokens = rng.integers(0, config.model.vocab_size, (rows, seq_len + 1), dtype=np.int32)
   batch = to_global({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh)
   t0 = time.perf_counter()
-  state, m = step_fn(state, batch, rest)
+  state, m = step_fn(state, handle, batch)
   jax.block_until_ready(m)
   compile_s = time.perf_counter() - t0
   flops = flops_per_token(config.model, int(config.data.seq_len))["training"]
-  peak, source = metrics.peak_tflops(devices[0], jax.local_device_count(),
+  peak, source = throughput.peak_tflops(devices[0], jax.local_device_count(),
                                      config.train.peak_tflops_per_device)
-  meter = metrics.ThroughputMeter(int(config.train.global_batch_size) * seq_len, flops,
+  meter = throughput.ThroughputMeter(int(config.train.global_batch_size) * seq_len, flops,
                                   len(devices), peak)
   for _ in range(steps):
-    state, m = step_fn(state, batch, rest)
+    state, m = step_fn(state, handle, batch)
     meter.count_step()
   jax.block_until_ready(m)
   timed = meter.scalars(steps)

@@ -1,6 +1,6 @@
 r"""Sample from one or more runs with the model's recurrent cache.
 
-  python -m mambaswelu_jax.generate --workdir=DIR[,DIR2,...] \
+  python -m mambaswelu_jax.cli.generate --workdir=DIR[,DIR2,...] \
       --prompt="The future of artificial intelligence is" \
       [--max_new_tokens=200 --temperature=0.8 --top_k=0 --top_p=1.0 --seed=0 --num_samples=1]
 
@@ -22,8 +22,8 @@ workdirs the samples are printed side by side, one column per run. Tokens/s
 (new tokens over the wall time of the compiled call, compilation excluded) is
 printed with each run.
 
-The sampler itself (and the quadratic re-forward baseline) is `mambaswelu_jax.sampler`;
-`mambaswelu_jax.generation.Generator` is the library this command (and the
+The sampler itself (and the quadratic re-forward baseline) is `mambaswelu_jax.sampling`;
+`mambaswelu_jax.sampling.Generator` is the library this command (and the
 generation-quality measures and the lm-eval adapter) samples with.
 """
 
@@ -37,8 +37,8 @@ import sys
 import textwrap
 from typing import Sequence
 
-from mambaswelu_jax import restore
-from mambaswelu_jax.generation import Generation, Generator
+from mambaswelu_jax.checkpointing import restore
+from mambaswelu_jax.sampling import Generation, Generator
 
 
 def side_by_side(columns: Sequence[tuple[str, str]], width: int = 0) -> str:
@@ -71,7 +71,7 @@ def side_by_side(columns: Sequence[tuple[str, str]], width: int = 0) -> str:
 
 def define_sampling_flags(*, prompt: Sequence[str], max_new_tokens: int, num_samples: int,
                           top_p: float, output_json: str) -> None:
-  """The flags this command and `python -m mambaswelu_jax.gen_quality` share: the runs,
+  """The flags this command and `python -m mambaswelu_jax.cli.gen_quality` share: the runs,
   the prompts and the sampling settings (each command its own defaults)."""
   from absl import flags  # pylint: disable=import-outside-toplevel
   flags.DEFINE_list("workdir", None, "One or more run directories (comma-separated).")

@@ -21,11 +21,23 @@ _DECAYED = ("kernel", "embedding")
 
 
 def build_model(model_cfg, rngs: nnx.Rngs) -> MambaLM | TransformerLM:
-  """`model.architecture` (default "mamba") picks the model; both share one interface."""
-  arch = model_cfg.get("architecture", "mamba")
+  """`model.architecture` picks the model; both share one interface."""
+  arch = model_cfg.architecture
   if arch not in ARCHITECTURES:
     raise ValueError(f"model.architecture={arch!r}: choose one of {sorted(ARCHITECTURES)}.")
   return ARCHITECTURES[arch](model_cfg, rngs=rngs)
+
+
+def max_positions(model_cfg) -> int | None:
+  """The most tokens the model reads at once, or None when it has no limit: the one
+  position rule of training samples, generation and scoring.
+
+  The Transformer has model.max_len positions (its position table or rotary range and
+  its KV cache), and so does a Mamba model with learned positions. The selective SSM
+  without them has no limit: its recurrent state carries any length."""
+  if model_cfg.learned_positions or model_cfg.architecture != "mamba":
+    return int(model_cfg.max_len)
+  return None
 
 
 def abstract_model(model_cfg) -> nnx.Module:

@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 
-log = logging.getLogger("mambaswelu_jax.stop_signals")
+log = logging.getLogger("mambaswelu_jax.training.stop_signals")
 
 
 class StopSignals:
