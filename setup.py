@@ -26,6 +26,18 @@ setup(
         "sentencepiece",
         "zstandard",
     ],
+    # The commands, beside `python -m mambaswelu_jax.main` and `python -m
+    # mambaswelu_jax.cli.<command>` (the same functions).
+    entry_points={"console_scripts": [
+        "mambaswelu-train = mambaswelu_jax.main:run",
+        "mambaswelu-eval = mambaswelu_jax.cli.eval:run",
+        "mambaswelu-generate = mambaswelu_jax.cli.generate:run",
+        "mambaswelu-gen-quality = mambaswelu_jax.cli.gen_quality:run",
+        "mambaswelu-summary = mambaswelu_jax.cli.summary:run",
+        "mambaswelu-bench-train = mambaswelu_jax.cli.bench_train:run",
+        "mambaswelu-torch-checkpoint = mambaswelu_jax.cli.torch_checkpoint:run",
+        "mambaswelu-lm-eval = mambaswelu_jax.lm_eval_adapter:run",
+    ]},
     extras_require={
         "test": ["pytest", "hypothesis", "matplotlib", "scipy"],
         # experiments/: the study's report figures (compare.py, run_study.py).
@@ -34,7 +46,7 @@ setup(
         # the adapter's tests. lm-eval needs torch: install a CPU build of torch first
         # (pip install torch==2.13.0 where that is the CPU wheel, as in .ci/run), or pip
         # fetches a multi-GB CUDA build. The adapter is tested with lm-eval 0.4.13.
-        # safetensors: the checkpoint command's .safetensors files (torch_checkpoint.py).
+        # safetensors: the checkpoint command's .safetensors files (checkpointing/torch_format.py).
         "eval": ["lm-eval>=0.4.13,<0.5", "safetensors"],
     },
 )

@@ -20,13 +20,9 @@ def get_config(arg=None):
   config = default.get_config()
   config.seed = 0
 
+  common.small_model(config, d_model=128, n_layers=2, d_state=8, dense_hidden=256)
   m = config.model
   m.vocab_size = 1024
-  m.d_model = 128
-  m.n_layers = 2
-  m.d_state = 8
-  m.dense_hidden = 256
-  m.compute_dtype = "float32"   # bf16 matmuls are slower than fp32 on most CPUs
   # The demo must learn visibly in 400 steps. With the original's head, initialisation
   # and dropout (the study's defaults) it ended at validation loss 5.83 nats/token,
   # above the unigram entropy (5.57); with a residual around the dense head, fan-in
@@ -63,10 +59,7 @@ def get_config(arg=None):
   e.sample_temperature = 0.7
 
   if arg == "tiny":
-    m.d_model = 32
-    m.n_layers = 1
-    m.d_state = 4
-    m.dense_hidden = 64
+    common.small_model(config, d_model=32, n_layers=1, d_state=4, dense_hidden=64)
     m.vocab_size = d.vocab_size = 512
     d.seq_len = 32
     d.tokenizer_sample_bytes = 300_000

@@ -13,14 +13,7 @@ written once from the embedded corpus (mambaswelu_jax/data/smoke_sample.py):
 """
 
 from configs import common
-from configs import default
 
 
 def get_config(arg=None):
-  arg = common.check_arg(arg)
-  config = default.get_config()
-  config.data.source = "slimpajama"
-  config.data.tokens_per_parameter = 20.0
-  if arg == "smoke":
-    common.smoke(config)
-  return config
+  return common.study_run("slimpajama", 20.0, arg)

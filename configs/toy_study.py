@@ -29,13 +29,9 @@ def get_config(arg=None):
   config = default.get_config()
   config.seed = 0
 
+  common.small_model(config, d_model=64, n_layers=2, d_state=8, dense_hidden=128)
   m = config.model
   m.vocab_size = 1024
-  m.d_model = 64
-  m.n_layers = 2
-  m.d_state = 8
-  m.dense_hidden = 128
-  m.compute_dtype = "float32"   # bf16 matmuls are slow on CPUs
 
   d = config.data
   d.source = "embedded"

@@ -457,5 +457,10 @@ def main() -> None:
   cli_evaluate()
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The command (`python -m ...` and the `mambaswelu-lm-eval` console script)."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  run()

@@ -212,5 +212,10 @@ def jax_process_index() -> int:
   return jax.process_index()
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The command (`python -m ...` and the `mambaswelu-train` console script)."""
   app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,20 +1,7 @@
-"""A run's workdir: the names of what it holds, one atomic write, one step lister.
+"""A run's workdir: the names of what it holds (`LAYOUT`, the one table of them; the
+docs print `layout_table()`), one atomic write, one step lister, the trainer's lock.
 
 Standard library only: the study tools that read workdirs import this without JAX.
-
-  config.json            the resolved config of the run
-  config_history/        earlier configs, when a change was accepted on resume
-  tokenizer.model        the run's SentencePiece model
-  checkpoints/<step>/    full train states (Orbax) + the data iterator + meta
-  snapshots/<step>/      params only, kept forever
-  final/<step>/          the params at the end of training
-  unrestorable_checkpoints/step_<N>.<UTC time>/   checkpoints moved aside (not steps)
-  metrics.jsonl          one JSON record per written step (append-only)
-  tensorboard/           TensorBoard events
-  train.log              the progress log
-  data_order.jsonl       a hash of every step's batch
-  eval/<step>.json       the evaluation tool's results
-  trainer.lock           the trainer that holds the workdir (host, pid, heartbeat)
 """
 
 from __future__ import annotations
@@ -37,6 +24,36 @@ TRAIN_LOG = "train.log"
 DATA_ORDER = "data_order.jsonl"
 EVAL = "eval"
 LOCK = "trainer.lock"
+# Every entry of a workdir, what writes it and when.
+LAYOUT = (
+    (CONFIG, "the resolved config (JSON; derived num_steps filled in), written once the "
+             "first step has run"),
+    (CONFIG_HISTORY + "/", "earlier configs of the run, when a change was accepted on resume"),
+    (TOKENIZER, "the run's SentencePiece tokenizer"),
+    (CHECKPOINTS + "/<step>/", "the newest checkpoint.max_to_keep full states (Orbax): "
+                               "state/ (params, optimizer state, step), data/ (the grain "
+                               "iterator of each process), meta/ (checksums, fault counters)"),
+    (SNAPSHOTS + "/<step>/params/", "params only, every checkpoint.snapshot_every_steps, "
+                                    "kept forever"),
+    (FINAL + "/<step>/params/", "the params at the end of training"),
+    (UNRESTORABLE + "/step_<N>.<UTC>/", "checkpoints that did not restore, moved aside "
+                                        "(not steps: nothing reads them)"),
+    (METRICS, "one JSON object per written step (append-only)"),
+    (TENSORBOARD + "/", "TensorBoard events (scalars, hyperparameters, the sample text)"),
+    (TRAIN_LOG, "the progress log: step, loss, lr, tokens/s, MFU, ETA, validation"),
+    (DATA_ORDER, "a hash of every step's batch (the data-order record)"),
+    (EVAL + "/<step>.json", "the eval command's results"),
+    (LOCK, "the trainer that holds the workdir (host, pid, heartbeat), while it runs"),
+)
+
+
+def layout_table() -> str:
+  """`LAYOUT` as the docs show it: a Markdown table (docs/training.md; a test keeps the
+  page equal to it)."""
+  return "\n".join(["| entry | what it holds |", "|---|---|"]
+                   + [f"| `DIR/{name}` | {what} |" for name, what in LAYOUT])
+
+
 # Where params live, in the order `latest` looks (params-only kinds first: cheaper).
 PARAMS_KINDS = (FINAL, SNAPSHOTS, CHECKPOINTS)
 

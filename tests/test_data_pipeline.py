@@ -168,7 +168,7 @@ def test_empty_source_is_a_data_error(small_tokenizer):
 
 
 def test_skipped_records_reach_every_batch(tmp_path, small_tokenizer):
-  from mambaswelu_jax.data.testing import write_slimpajama
+  from tests.slimpajama_files import write_slimpajama
   write_slimpajama(str(tmp_path))
   ds = pipeline.make_train_dataset(
       _cfg(source="slimpajama", data_dir=str(tmp_path)), small_tokenizer, 2)
@@ -295,7 +295,7 @@ def test_pretokenize_in_parallel_tasks(source, small_tokenizer, tmp_path):
           for d in source.documents("train")]
   want = np.concatenate([np.concatenate(docs[i::3]) for i in range(3)])
   np.testing.assert_array_equal(shards.read(0, shards.num_tokens), want)
-  from mambaswelu_jax.data.testing import write_slimpajama
+  from tests.slimpajama_files import write_slimpajama
   write_slimpajama(str(tmp_path / "sp"))
   sp = sources.make_source({"source": "slimpajama",
                             "data_dir": str(tmp_path / "sp")})
@@ -312,7 +312,7 @@ def test_pretokenize_in_parallel_tasks(source, small_tokenizer, tmp_path):
 
 
 def test_pretokenize_command_on_slimpajama(small_tokenizer, tmp_path):
-  from mambaswelu_jax.data.testing import write_slimpajama
+  from tests.slimpajama_files import write_slimpajama
   write_slimpajama(str(tmp_path / "sp"))
   small_tokenizer.save(str(tmp_path / "tok.model"))
   pretokenize.main(["--source=slimpajama", f"--data_dir={tmp_path / 'sp'}",

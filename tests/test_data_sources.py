@@ -8,7 +8,7 @@ import pytest
 
 from mambaswelu_jax.data import sources
 from mambaswelu_jax.data.sources import DataError
-from mambaswelu_jax.data.testing import write_slimpajama
+from tests.slimpajama_files import write_slimpajama
 
 
 def _ids_by_split(source):

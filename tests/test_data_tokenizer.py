@@ -108,7 +108,7 @@ def test_prepare_tokenizer_copies_reuses_and_trains(small_tokenizer, tmp_path):
 
 
 def test_command_trains_from_several_sources(tmp_path):
-  from mambaswelu_jax.data.testing import write_slimpajama
+  from tests.slimpajama_files import write_slimpajama
   write_slimpajama(str(tmp_path / "sp"))
   out = str(tmp_path / "study.model")
   tokenizer_lib.main(["--sources=embedded,slimpajama",

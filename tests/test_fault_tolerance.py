@@ -319,15 +319,15 @@ def test_write_error_keeps_earlier_checkpoints(tokenizer_path, tmp_path, monkeyp
 def test_bad_data_run_completes(tokenizer_path, tmp_path):
   """SlimPajama files with random byte corruption, invalid JSON and UTF-8, empty and
   very large documents: the run trains, the bad records are skipped and counted."""
-  from mambaswelu_jax.data import testing
+  from tests import slimpajama_files
   root = str(tmp_path / "sp")
-  testing.write_slimpajama(root)
+  slimpajama_files.write_slimpajama(root)
   rng = np.random.default_rng(0)
-  big = [testing._record("x" * 2_000_000), testing._record(""), b"\xff\xfe not json",  # pylint: disable=protected-access
-         *[testing._record(f"more text {i} " * 40) for i in range(60)]]  # pylint: disable=protected-access
-  testing._write_zst(f"{root}/train/chunk1/example_train_7.jsonl.zst", big, frames=4)  # pylint: disable=protected-access
+  big = [slimpajama_files.record("x" * 2_000_000), slimpajama_files.record(""), b"\xff\xfe not json",
+         *[slimpajama_files.record(f"more text {i} " * 40) for i in range(60)]]
+  slimpajama_files.write_zst(f"{root}/train/chunk1/example_train_7.jsonl.zst", big, frames=4)
   path = f"{root}/train/chunk1/example_train_8.jsonl.zst"
-  testing._write_zst(path, [testing._record(f"flip {i} " * 30) for i in range(200)],  # pylint: disable=protected-access
+  slimpajama_files.write_zst(path, [slimpajama_files.record(f"flip {i} " * 30) for i in range(200)],
                      frames=5)
   blob = bytearray(open(path, "rb").read())
   for i in rng.integers(len(blob) // 2, len(blob), 20):

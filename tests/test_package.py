@@ -68,3 +68,24 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
   out = _run([python, "-m", "mambaswelu_jax.cli.summary",
               f"--config={os.path.join(ROOT, 'configs', 'demo.py')}"], cwd=ROOT, env=env).stdout
   assert out.strip().splitlines()[-1].startswith("total_parameters: "), out
+  # The console script is the same command.
+  out = _run([str(venv / "bin" / "mambaswelu-summary"),
+              f"--config={os.path.join(ROOT, 'configs', 'demo.py')}"], cwd=ROOT, env=env).stdout
+  assert out.strip().splitlines()[-1].startswith("total_parameters: "), out
+
+
+def test_console_scripts_name_the_commands():
+  """Every console script of setup.py is a command module's `run`, the function its
+  `python -m` form calls."""
+  import ast  # pylint: disable=import-outside-toplevel
+  import re  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+    scripts = re.findall(r'"(mambaswelu-[\w-]+) = ([\w.]+):(\w+)"', f.read())
+  assert len(scripts) == 8, scripts
+  for name, module, func in scripts:  # read, not imported: the commands define flags
+    assert func == "run", name
+    with open(os.path.join(ROOT, *module.split(".")) + ".py", encoding="utf-8") as f:
+      text = f.read()
+    functions = {n.name for n in ast.parse(text).body if isinstance(n, ast.FunctionDef)}
+    assert "run" in functions, module
+    assert text.rstrip().endswith('if __name__ == "__main__":\n  run()'), module

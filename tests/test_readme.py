@@ -161,3 +161,10 @@ def test_dotted_names_in_the_pages_exist():
       if why:
         wrong.append(f"{page}: `{dotted}`: {why}")
   assert not wrong, "\n".join(wrong)
+
+
+def test_the_workdir_table_is_the_layout():
+  """docs/training.md shows `workdir.LAYOUT`, the one table of a workdir's entries."""
+  from mambaswelu_jax import workdir  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(ROOT, "docs", "training.md"), encoding="utf-8") as f:
+    assert workdir.layout_table() in f.read()

@@ -1,20 +1,7 @@
-"""A run's checkpoints (Orbax) and its recorded config.
-
-Workdir layout::
-
-  DIR/config.json              the resolved config of the run (written once its first
-                               step has run; an accepted change keeps the previous one in
-                               DIR/config_history/config.until_step_<N>.<UTC time>.json)
-  DIR/checkpoints/<step>/      full states, the newest checkpoint.max_to_keep:
-      state/                     {"step", "params", "opt_state"} (Orbax PyTree)
-      data/                      the grain iterator, one JSON file per process
-      meta/                      JSON: checksums of the state's arrays, the run's fault counters
-  DIR/snapshots/<step>/params/ params only, every checkpoint.snapshot_every_steps, kept forever
-  DIR/final/<step>/params/     params at the end of training
-  DIR/unrestorable_checkpoints/step_<N>.<UTC time>/
-                               a checkpoint that did not restore, moved aside by the
-                               trainer (training resumes from an older checkpoint and
-                               saves on its cadence again)
+"""A run's checkpoints through Orbax: full states (with the data iterator and a meta
+item of checksums and fault counters), params snapshots and the final params, in the
+places `workdir.LAYOUT` names; and `check_state_matches`, the shapes check before a
+resume.
 
 Saves are asynchronous: the train state is copied off the device before
 `save` returns and written in the background; the data-iterator state is

@@ -72,5 +72,10 @@ def main(argv):
     print(f"{key:>24}: {value:.4g}" if isinstance(value, float) else f"{key:>24}: {value}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The command (`python -m ...` and the `mambaswelu-bench-train` console script)."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

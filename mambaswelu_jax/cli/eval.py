@@ -76,9 +76,14 @@ def main(argv):
     sys.exit(RESULTS_NOT_WRITTEN_EXIT_CODE)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The command (`python -m ...` and the `mambaswelu-eval` console script)."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   define_flags()
   from absl import app  # pylint: disable=ungrouped-imports
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

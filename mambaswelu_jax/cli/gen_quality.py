@@ -184,8 +184,13 @@ def main(argv):
     print(f"\nwritten to {os.path.abspath(f.output_json)}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The command (`python -m ...` and the `mambaswelu-gen-quality` console script)."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   define_flags()
   from absl import app  # pylint: disable=ungrouped-imports
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

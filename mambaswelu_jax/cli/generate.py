@@ -132,9 +132,14 @@ def main(argv):
     print(f"samples written to {os.path.abspath(f.output_json)}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The command (`python -m ...` and the `mambaswelu-generate` console script)."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   define_flags()
   from absl import app  # pylint: disable=ungrouped-imports
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -89,8 +89,13 @@ def main(argv):
   print("\n".join(summarize(_CONFIG.value)))
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The command (`python -m ...` and the `mambaswelu-summary` console script)."""
   import sys  # pylint: disable=ungrouped-imports
   from mambaswelu_jax.config_validation import make_configs_importable
   make_configs_importable(sys.argv)
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -50,6 +50,11 @@ def main(argv=None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The command (`python -m ...` and the `mambaswelu-torch-checkpoint` console script)."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  run()
