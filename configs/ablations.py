@@ -11,8 +11,8 @@ The argument is ABLATION[/BASE]:
              gated_conv    model.mixer = "gated_conv" (the original project's as-run block)
              transformer   the Transformer baseline sized to the base model's parameter
                            count within 5% (models.match_mamba_size), same width and vocab
-             dense_residual  model.dense_residual = True: a residual around the dense
-                           head, x + dense(x) (this project's earlier head)
+             original_head  model.dense_residual = False: the original's head, dense(x),
+                           without the study model's residual x + dense(x)
              fan_in_init   model.init = "fan_in": U(±1/sqrt(fan_in)) Linears, out_proj
                            scaled by 1/sqrt(2·n_layers) (this project's earlier scheme)
              no_dropout    model.dropout = 0 (the original trained with 0.1)
@@ -33,7 +33,7 @@ configs).
 
 import importlib
 
-ABLATIONS = ("none", "silu", "fixed_k", "gated_conv", "transformer", "dense_residual",
+ABLATIONS = ("none", "silu", "fixed_k", "gated_conv", "transformer", "original_head",
              "fan_in_init", "no_dropout")
 BASES = ("slimpajama_chinchilla", "slimpajama_llama", "wikipedia_llama",
          "wikipedia_chinchilla", "toy", "toy_single")
@@ -73,8 +73,8 @@ def apply(config, ablation: str):
     m.swelu_learn_k = False
   elif ablation == "gated_conv":
     m.mixer = "gated_conv"
-  elif ablation == "dense_residual":
-    m.dense_residual = True
+  elif ablation == "original_head":
+    m.dense_residual = False
   elif ablation == "fan_in_init":
     m.init = "fan_in"
   elif ablation == "no_dropout":

@@ -285,3 +285,26 @@ def test_missing_data_names_the_key(tmp_path):
   c.data.data_dir = str(tmp_path / "nothing")
   with pytest.raises(DataError, match="data.data_dir"):
     train.train_and_evaluate(c, str(tmp_path / "b"))
+
+
+def test_a_config_recorded_before_a_key_existed_reads_as_it_ran(tmp_path):
+  """A workdir's config.json written before model.dense_residual, model.init,
+  model.dropout, ... existed is completed with the values those runs computed with (a
+  residual head, fan-in init, no dropout), not today's defaults; any other missing key
+  gets its default. Resuming it with today's study defaults is refused, naming the
+  change."""
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  recorded = cv.resolve(demo.get_config("tiny")).to_dict()
+  for key in ("dense_residual", "init", "dropout", "swelu_eps", "swelu_k_param"):
+    del recorded["model"][key]
+  del recorded["train"]["compilation_cache_dir"]
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  loaded = run_config.load_config(str(tmp_path))
+  assert loaded.model.dense_residual is True and loaded.model.init == "fan_in"
+  assert loaded.model.dropout == 0.0 and loaded.model.swelu_eps == 0.0
+  assert loaded.train.compilation_cache_dir == cv.reference_config().train.compilation_cache_dir
+  cv.check_structure(loaded)  # every key, nothing unknown
+  today = demo.get_config("tiny")
+  today.model.dense_residual = False
+  with pytest.raises(run_config.WorkdirConfigMismatch, match="model.dense_residual: True -> False"):
+    run_config.check_config(str(tmp_path), cv.resolve(today))

@@ -47,6 +47,11 @@ def test_eval_splits_and_types_match_the_trainer(trained_workdir, tmp_path):
   np.testing.assert_allclose(val["loss"], trainer["validation_loss"], rtol=1e-5)
   np.testing.assert_allclose(val["bits_per_byte"], trainer["validation_bits_per_byte"], rtol=1e-5)
   assert val["tokens"] == 256
+  # The trainer's per-type figures are the evaluation library's (one evaluation path).
+  assert {k.split("/")[1] for k in trainer if k.startswith("validation/")} == set(val["by_type"])
+  for typ, figures in val["by_type"].items():
+    for key in ("loss", "perplexity", "bits_per_byte"):
+      np.testing.assert_allclose(figures[key], trainer[f"validation/{typ}/{key}"], rtol=1e-5)
   for split in ("validation", "test"):
     s = r["splits"][split]
     assert set(s["by_type"]) <= {"docstring", "code"} and s["by_type"]

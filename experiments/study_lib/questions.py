@@ -8,7 +8,7 @@ Questions (each one config away, configs/ablations.py and configs/scaling_sweep.
   Q4 transformer  how does a same-size Transformer baseline compare?
   Q1b dataset     is SWELU's effect (versus SiLU) the same on a second data set?
   Q5 sweep        do Mamba+SWELU and the Transformer follow the same L(N, D)?
-  Q6 dense_residual  does a residual around the dense head help (the original has none)?
+  Q6 original_head  the original's head (no residual around the dense stack) versus ours
   Q7 fan_in_init  the original's N(0, 0.02) init versus U(±1/sqrt(fan_in)), scaled out_proj
   Q8 no_dropout   the original's dropout 0.1 versus none
 
@@ -34,7 +34,7 @@ from study_lib import runs as runs_lib
 from study_lib import scaling
 from study_lib.checkout import import_from_checkout
 
-ABLATIONS = ("silu", "fixed_k", "gated_conv", "transformer", "dense_residual", "fan_in_init",
+ABLATIONS = ("silu", "fixed_k", "gated_conv", "transformer", "original_head", "fan_in_init",
              "no_dropout")
 EXP_BOUNDS = (0.02, 2.0)   # the exponents' search range in the L(N, D) fits
 QUESTIONS = ("ablations", "dataset", "sweep")
@@ -46,8 +46,8 @@ ABLATION_TEXT = {
                    "mixer = gated_conv (the original project's as-run block)"),
     "transformer": ("Q4", "MambaSWELU versus a same-size Transformer",
                     "the Transformer baseline sized to the base model's parameters (within 5%)"),
-    "dense_residual": ("Q6", "the original's head versus a residual around the dense stack",
-                       "model.dense_residual = True (logits of x + dense(x))"),
+    "original_head": ("Q6", "a residual around the dense stack versus the original's head",
+                      "model.dense_residual = False (logits of dense(x), the original's)"),
     "fan_in_init": ("Q7", "the original's N(0, 0.02) init versus the fan-in uniform scheme",
                     "model.init = fan_in (U(±1/sqrt(fan_in)), out_proj / sqrt(2 n_layers))"),
     "no_dropout": ("Q8", "the original's dropout 0.1 versus none", "model.dropout = 0"),

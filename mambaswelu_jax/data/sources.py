@@ -48,7 +48,7 @@ import os
 import sys
 from typing import Iterator
 
-# Re-exported: the source interface and the embedded corpus live in corpus.py.
+# Re-exported: the source interface and the embedded corpus live in source_base.py.
 from mambaswelu_jax.data.source_base import (  # pylint: disable=unused-import
     SPLITS, DataError, EmbeddedSource, InMemorySource, Source, check_fractions, check_split,
     config_value, split_of, stdlib_root)

@@ -1,4 +1,4 @@
-"""MambaSWELU models: build one from a config and count it (models/params.py), and read
+"""MambaSWELU models: build one from a config and count it (models/registry.py), and read
 its SWELU scalars."""
 
 from flax import nnx

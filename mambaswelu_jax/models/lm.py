@@ -3,8 +3,8 @@
 tokens -> embedding (+ learned positions) -> dropout -> n_layers pre-norm Mamba blocks
 -> final norm -> the three dense SWELU layers d -> h -> h -> d (dense1 -> swelu1 ->
 dropout -> dense2 -> swelu2 -> dropout -> dense3 -> swelu3, the original's head) ->
-logits through the tied embedding. `model.dense_residual=True` wraps the dense stack
-in a residual, x + dense(x) (this project's earlier head; an ablation).
+logits through the tied embedding. `model.dense_residual=True` (the study model's
+default) wraps the dense stack in a residual, x + dense(x); False is the original's head.
 
 Dropout (`model.dropout`) acts only when a `dropout_key` is passed: the train step
 passes one; evaluation, scoring and generation call the model without, so they are
