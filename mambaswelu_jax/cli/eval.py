@@ -20,7 +20,6 @@ a result file could not be written (read-only or full workdir: use --output_dir)
 
 from __future__ import annotations
 
-import os
 import sys
 
 from mambaswelu_jax import evaluation
@@ -78,11 +77,8 @@ def main(argv):
 
 def run() -> None:
   """The command (`python -m ...` and the `mambaswelu-eval` console script)."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-  define_flags()
-  from absl import app  # pylint: disable=ungrouped-imports
-  app.run(main)
+  from mambaswelu_jax import cli  # pylint: disable=import-outside-toplevel
+  cli.run_with_flags(main, define_flags)
 
 
 if __name__ == "__main__":
