@@ -333,7 +333,7 @@ def test_model_change_is_refused_before_the_model_is_built(tokenizer_path, tmp_p
   def built(*args, **kwargs):
     raise AssertionError("the model was built before the shapes were compared")
   monkeypatch.setattr(train, "create_train_state", built)
-  monkeypatch.setattr(train.run_data, "RunData", built)
+  monkeypatch.setattr(train.data_lib, "RunData", built)
   changed = tiny(tokenizer_path, train__num_steps=4, model__d_model=48,
                  checkpoint__allow_config_change=True)
   start = time.perf_counter()
@@ -354,7 +354,7 @@ def test_finished_run_says_complete_without_building_anything(tokenizer_path, tm
   def built(*args, **kwargs):
     raise AssertionError("a finished run built its model again")
   monkeypatch.setattr(train, "create_train_state", built)
-  monkeypatch.setattr(train.run_data, "RunData", built)
+  monkeypatch.setattr(train.data_lib, "RunData", built)
   start = time.perf_counter()
   again = train.train_and_evaluate(config, workdir)
   assert time.perf_counter() - start < 10
