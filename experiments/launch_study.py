@@ -60,7 +60,7 @@ import time
 
 from study_lib import runs as runs_lib
 from study_lib import slurm as slurm_lib
-from mambaswelu_jax.training import process_count
+from mambaswelu_jax.checkpointing import data_streams
 
 
 def plan(root: str, specs, devices: list) -> list[tuple]:
@@ -164,8 +164,8 @@ def plan_slurm(root: str, specs, processes: int = 0) -> list[tuple]:
                   + f"; see {p.log}"))
     elif runs_lib.finished(p.workdir):
       out.append((spec, p, "skip", "finished (final params saved)"))
-    elif processes and process_count.mismatch(p.workdir, processes):
-      out.append((spec, p, "refuse", process_count.mismatch(p.workdir, processes)))
+    elif processes and data_streams.mismatch(p.workdir, processes):
+      out.append((spec, p, "refuse", data_streams.mismatch(p.workdir, processes)))
     elif os.path.exists(os.path.join(p.workdir, "config.json")):
       ckpt = runs_lib.saved_steps(p.workdir, "checkpoints")
       out.append((spec, p, "submit", "resumes from "

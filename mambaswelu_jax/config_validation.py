@@ -280,13 +280,17 @@ def derived_num_steps(config: ml_collections.ConfigDict, num_params: int | None 
 
 
 def resolve(config: ml_collections.ConfigDict, *, num_devices: int = 1, process_count: int = 1,
-            check_keys: bool = True) -> ml_collections.ConfigDict:
-  """Validates `config` and returns a locked copy with derived values filled in."""
+            check_keys: bool = True, data_streams: int = 0) -> ml_collections.ConfigDict:
+  """Validates `config` and returns a locked copy with derived values filled in:
+  train.num_steps from the token budget when 0, and train.data_streams when 0 from
+  `data_streams` (the streams of the run a workdir holds) or one per process."""
   if check_keys:
     check_structure(config)
   check_values(config)
-  check_batch(config, num_devices, process_count)
   config = ml_collections.ConfigDict(config.to_dict())
+  if config.train.data_streams == 0:
+    config.train.data_streams = int(data_streams) or int(process_count)
+  check_batch(config, num_devices, process_count)
   if config.train.num_steps == 0:
     config.train.num_steps = derived_num_steps(config)
   n = config.train.num_steps

@@ -167,8 +167,8 @@ def main(argv):
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
     _quiet_closed_loop_errors()
   maybe_initialize_distributed()
-  from mambaswelu_jax.training import process_count  # pylint: disable=import-outside-toplevel
-  refused = process_count.mismatch(_WORKDIR.value, jax_process_count())
+  from mambaswelu_jax.checkpointing import data_streams  # pylint: disable=import-outside-toplevel
+  refused = data_streams.mismatch(_WORKDIR.value, jax_process_count())
   if refused:
     _fail(refused)
   from mambaswelu_jax.training import compile_cache  # pylint: disable=import-outside-toplevel

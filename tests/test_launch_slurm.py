@@ -49,22 +49,24 @@ def test_bad_process_counts_are_usage_errors(tmp_path, capsys):
   assert "--nodes" in capsys.readouterr().err
 
 
-def test_another_process_count_is_refused_before_anything_is_written(tmp_path, capsys):
-  """A checkpoint holds one data-iterator state per process: resuming it on another
-  process count is refused by the launcher (and by main) before anything is written."""
-  from mambaswelu_jax.training import process_count
+def test_a_process_count_that_cannot_share_the_streams_is_refused(tmp_path, capsys):
+  """A checkpoint holds the state of every data stream: the run resumes on any process
+  count that divides its streams (2 -> 1 or 2), and a count that does not (3) is
+  refused by the launcher (and by main) before anything is written."""
+  from mambaswelu_jax.checkpointing import data_streams
   wd = tmp_path / "toy_mixture_short"
   data = wd / "checkpoints" / "20" / "data"
   data.mkdir(parents=True)
   for i in range(2):
     (data / f"process_{i}-of-2.json").write_text("{}")
   (wd / "config.json").write_text("{}")
-  assert process_count.newest_checkpoint_processes(str(wd)) == (20, 2)
-  assert process_count.mismatch(str(wd), 2) is None
-  assert "written by 2 process(es) and this run has 1" in process_count.mismatch(str(wd), 1)
+  assert data_streams.newest_checkpoint_streams(str(wd)) == (20, 2, 2)
+  assert data_streams.mismatch(str(wd), 2) is None
+  assert data_streams.mismatch(str(wd), 1) is None
+  assert "2 data stream(s)" in data_streams.mismatch(str(wd), 3)
   before = sorted(str(p) for p in tmp_path.rglob("*"))
   code = launch_study.launch_slurm(str(tmp_path), runs_lib.select(runs_lib.TOY,
                                                                    "toy_mixture_short"),
-                                   slurm_lib.Resources(tasks_per_node=1), dry_run=True)
+                                   slurm_lib.Resources(tasks_per_node=3), dry_run=True)
   assert code == 1 and "refused" in capsys.readouterr().out
   assert sorted(str(p) for p in tmp_path.rglob("*")) == before

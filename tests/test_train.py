@@ -159,30 +159,43 @@ def test_sigterm_saves_and_resumes(straight, tokenizer_path, tmp_path, monkeypat
 
 
 def test_data_streams_checkpoint_round_trip(tmp_path):
-  """Several grain iterators as one (run_data._Streams) through Orbax and grain's handler."""
+  """A process's data streams as one iterator (run_data.Streams) through Orbax and
+  grain's handler; the same checkpoint read as two processes would read it (each its
+  own stream, out of `data_streams.stream_states`); a bare one-iterator state."""
   import grain
   import orbax.checkpoint as ocp
+  from mambaswelu_jax.checkpointing import data_streams
   from mambaswelu_jax.data import run_data
 
-  def streams():
-    return run_data._Streams([  # pylint: disable=protected-access
-        iter(grain.MapDataset.range(start, start + 100).map(
-            lambda i: {"inputs": np.full((2, 3), i, np.int32)}).to_iter_dataset())
-        for start in (0, 1000)])
+  def stream(start):
+    return iter(grain.MapDataset.range(start, start + 100).map(
+        lambda i: {"inputs": np.full((2, 3), i, np.int32)}).to_iter_dataset())
 
-  it = streams()
+  it = run_data.Streams([stream(0), stream(1000)], 0, 2)
   for _ in range(3):
     next(it)
   mngr = ocp.CheckpointManager(str(tmp_path), item_names=("data",))
   mngr.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
   mngr.wait_until_finished()
   want = next(it)
-  fresh = streams()
+  fresh = run_data.Streams([stream(0), stream(1000)], 0, 2)
   mngr.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
   got = next(fresh)
   np.testing.assert_array_equal(got["inputs"], want["inputs"])
   assert got["inputs"].shape == (4, 3) and list(got["inputs"][:, 0]) == [3, 3, 1003, 1003]
   mngr.close()
+  # As the second of two processes: stream 1 alone.
+  states = data_streams.stream_states(str(tmp_path / "3" / "data"))
+  assert len(states) == 2
+  second = run_data.Streams([stream(1000)], 1, 2)
+  second.set_stream_states(states)
+  assert list(next(second)["inputs"][:, 0]) == [1003, 1003]
+  with pytest.raises(ValueError, match="holds 2 data stream"):
+    run_data.Streams([stream(0)], 0, 3).set_stream_states(states)
+  # A checkpoint of one bare iterator (written before streams were saved as a list).
+  bare = run_data.Streams([stream(0)], 0, 1)
+  bare.set_state(json.dumps(states[0]).encode())
+  assert list(next(bare)["inputs"][:, 0]) == [3, 3]
 
 
 @pytest.mark.slow
@@ -329,6 +342,76 @@ def test_two_processes_equal_one(tokenizer_path, tmp_path):
   assert os.listdir(tmp_path / "two" / "checkpoints" / "8" / "data") and sorted(
       n for n in os.listdir(tmp_path / "two" / "checkpoints" / "8" / "data")
       if n.endswith(".json")) == ["process_0-of-2.json", "process_1-of-2.json"]
+
+
+def _main(workdir, processes: int, devices: int, *flags):
+  """`python -m mambaswelu_jax.main` on the tiny demo as `processes` jax.distributed
+  processes (one when 1) of `devices` CPU devices each; returns their stderr."""
+  common = ["--config=configs/demo.py:tiny", "--config.eval.sample_tokens=0",
+            f"--workdir={workdir}", *flags]
+  port = _free_port()
+  extra = (lambda i: [f"--coordinator_address=localhost:{port}",
+                      f"--num_processes={processes}", f"--process_id={i}"]
+           ) if processes > 1 else (lambda i: [])
+  procs = [subprocess.Popen([sys.executable, "-m", "mambaswelu_jax.main", *common, *extra(i)],
+                            cwd=ROOT, env=_env(devices), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(processes)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-4000:]
+  return outs[0][1]
+
+
+def _final_params(workdir):
+  from mambaswelu_jax.checkpointing import restore  # pylint: disable=import-outside-toplevel
+  run = restore.load_run(workdir, "final", devices=jax.devices()[:1])
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(run.params))]
+
+
+@pytest.mark.slow
+def test_resume_on_another_process_count(tokenizer_path, tmp_path):
+  """A run checkpointed by 2 processes continues on 1 (one device: the gradient
+  accumulation doubles), and one of 1 process with train.data_streams=2 continues on
+  2: the same batches (every data stream's hashes in the data-order logs), and the
+  uninterrupted 2-process run's losses and final parameters within float32
+  reduction-order noise. A run of 1 stream cannot go to 2 processes: refused, nothing
+  written."""
+  from mambaswelu_jax.data.order import read_stream_order  # pylint: disable=import-outside-toplevel
+  tok = f"--config.data.tokenizer_path={tokenizer_path}"
+  straight, two_one, one_two = (str(tmp_path / n) for n in ("straight", "two_one", "one_two"))
+  _main(straight, 2, 1, tok)                                 # data_streams 0: 2 streams
+  _main(two_one, 2, 1, tok, "--config.train.stop_at_step=4")
+  err = _main(two_one, 1, 1, tok)
+  assert "written by another process count" in err
+  _main(one_two, 1, 2, tok, "--config.train.data_streams=2", "--config.train.stop_at_step=4")
+  _main(one_two, 2, 1, tok, "--config.train.data_streams=2")
+  want_order = read_stream_order(straight)
+  want_loss = [r["train_loss"] for r in read_jsonl(os.path.join(straight, "metrics.jsonl"))]
+  for workdir in (two_one, one_two):
+    order = read_stream_order(workdir)
+    assert sorted(order) == list(range(1, NUM_STEPS + 1))
+    for step, streams in order.items():
+      assert set(streams) == {"0", "1"}
+      assert all(set(h) == set(want_order[step][s]) for s, h in streams.items()), step
+    loss = [r["train_loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+    np.testing.assert_allclose(loss, want_loss, rtol=2e-5)
+    for a, b in zip(_final_params(workdir), _final_params(straight)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # One stream (a 1-process run's default) cannot be shared by 2 processes.
+  single = str(tmp_path / "single")
+  _main(single, 1, 1, tok, "--config.train.stop_at_step=4")
+  before = sorted(os.listdir(single))
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, "-m", "mambaswelu_jax.main",
+                             "--config=configs/demo.py:tiny", tok, f"--workdir={single}",
+                             f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                             f"--process_id={i}"], cwd=ROOT, env=_env(1),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [2, 2], outs
+  assert "1 data stream(s)" in outs[0][1] and "resume it on 1 process(es)" in outs[0][1]
+  assert sorted(os.listdir(single)) == before
 
 
 def wait_for_metrics(workdir, records: int, timeout: float = 300) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 import ml_collections
 
 from mambaswelu_jax import workdir as layout
+from mambaswelu_jax.checkpointing import data_streams
 from mambaswelu_jax.checkpointing.checksums import CorruptCheckpoint, NonFiniteState
 from mambaswelu_jax.checkpointing.checksums import verify_checksums
 from mambaswelu_jax.checkpointing.checksums import _checksums_and_finite
@@ -311,8 +312,28 @@ class Checkpoints:
     return found
 
   def _restore_data(self, step: int, data_iter: Any, where: str) -> None:
+    """The data iterator's state at `step`: through grain's handler when this process
+    count wrote the checkpoint, else this process's streams out of every stream's state
+    (`data_streams.stream_states`: the same batches on another process count)."""
     from mambaswelu_jax.data.sources import DataError  # pylint: disable=import-outside-toplevel
+    import jax  # pylint: disable=import-outside-toplevel
+    data_dir = os.path.join(where, "data")
+    own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
     try:
+      if os.path.isdir(data_dir) and not os.path.exists(os.path.join(data_dir, own)):
+        states = data_streams.stream_states(data_dir)
+        if states is None:
+          raise ValueError(f"{data_dir} holds no complete set of data-stream states")
+        try:
+          data_iter.set_stream_states(states)
+        except ValueError as e:  # another stream count: other batches, not damage
+          raise WorkdirConfigMismatch(
+              f"{where}: {e}; resume with the run's own train.data_streams. Nothing was "
+              f"written.") from e
+        data_iter.start_prefetch()
+        log.info("%s: %d data stream(s) written by another process count, %d read here",
+                 where, len(states), len(data_iter.iterators))
+        return
       self.states.restore(step, args=self._ocp.args.Composite(
           data=self._data_restore(data_iter)))
     except Exception as e:  # pylint: disable=broad-except

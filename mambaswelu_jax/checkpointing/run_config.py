@@ -94,7 +94,12 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """
   path = os.path.join(workdir, layout.CONFIG)
   if os.path.exists(path):
-    changes = config_validation.diff(_flat_config_file(path), _flat(config))
+    old, new = _flat_config_file(path), _flat(config)
+    if old.get("train.data_streams") == 0:
+      # Recorded before the stream count was resolved: 0 was one per process, which
+      # `data_streams.recorded_data_streams` has read back from the checkpoints.
+      old["train.data_streams"] = new.get("train.data_streams")
+    changes = config_validation.diff(old, new)
     if changes and not config.checkpoint.allow_config_change:
       shown = "\n  ".join(changes[:20])
       raise WorkdirConfigMismatch(

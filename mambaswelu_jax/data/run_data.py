@@ -21,33 +21,41 @@ from mambaswelu_jax.config_validation import ConfigError
 log = logging.getLogger("mambaswelu_jax.data.run_data")
 
 
-def data_streams(config: ml_collections.ConfigDict, process_count: int | None = None) -> int:
-  """How many independent data streams make the global batch (train.data_streams, or one
-  per process). The batches depend on this number, not on the process count: runs with
-  the same streams see the same data on any number of processes."""
-  process_count = jax.process_count() if process_count is None else process_count
-  return int(config.train.data_streams) or process_count
+class Streams:
+  """This process's data streams (numbers `first` .. `first + len(iterators) - 1` of
+  the run's `total`) as one iterator: batches concatenated row-wise in stream order;
+  checkpointed by grain's handler as one JSON document, {"streams": [state, ...]}."""
 
-
-class _Streams:
-  """Several grain iterators of one process as one: batches concatenated row-wise in
-  stream order; checkpointed by grain's handler as one JSON document."""
-
-  def __init__(self, iterators):
-    self.iterators = iterators
+  def __init__(self, iterators, first: int, total: int):
+    self.iterators, self.first, self.total = iterators, first, total
 
   def __iter__(self):
     return self
 
   def __next__(self):
     parts = [next(it) for it in self.iterators]
+    if len(parts) == 1:
+      return parts[0]
     return {k: np.concatenate([np.asarray(p[k]) for p in parts], 0) for k in parts[0]}
 
   def get_state(self) -> bytes:
     return json.dumps({"streams": [it.get_state() for it in self.iterators]}).encode()
 
   def set_state(self, state: bytes) -> None:
-    states = json.loads(state)["streams"]
+    """This process's streams from its own file (one bare iterator state: a checkpoint
+    written before streams were saved as a list)."""
+    saved = json.loads(state)
+    self._set(saved["streams"] if isinstance(saved, dict) and "streams" in saved else [saved])
+
+  def set_stream_states(self, states: list) -> None:
+    """This process's streams out of every stream's state, in stream order (a
+    checkpoint written by another number of processes)."""
+    if len(states) != self.total:
+      raise ValueError(f"the checkpoint holds {len(states)} data stream(s), this run reads "
+                       f"{self.total} (train.data_streams)")
+    self._set(states[self.first:self.first + len(self.iterators)])
+
+  def _set(self, states: list) -> None:
     if len(states) != len(self.iterators):
       raise ValueError(f"the checkpoint holds {len(states)} data streams for this process, "
                        f"the run has {len(self.iterators)}")
@@ -85,7 +93,9 @@ class RunData:
           f"data.tokenizer_path at a tokenizer with {vocab} tokens (a workdir keeps "
           f"its tokenizer.model once made).")
     log.info("tokenizer %s: %d tokens", path, self.tokenizer.vocab_size)
-    streams = data_streams(config)
+    # The run's streams (resolved: train.data_streams, else the recorded run's, else
+    # one per process); this process reads `per_process` of them.
+    streams = int(config.train.data_streams) or jax.process_count()
     per_process = streams // jax.process_count()
     first = jax.process_index() * per_process
     self.datasets = [
@@ -93,8 +103,7 @@ class RunData:
             config.data, self.tokenizer, int(config.train.global_batch_size),
             seed=int(config.seed), process_index=k, process_count=streams, source=self.source)
         for k in range(first, first + per_process)]
-    self.train_iter = (iter(self.datasets[0]) if per_process == 1
-                       else _Streams([iter(d) for d in self.datasets]))
+    self.train_iter = Streams([iter(d) for d in self.datasets], first, streams)
     self._eval = None
     self.num_devices = jax.device_count() if num_devices is None else num_devices
 

@@ -32,6 +32,7 @@ from mambaswelu_jax import config_validation
 from mambaswelu_jax import evaluation
 from mambaswelu_jax import metrics as metrics_lib
 from mambaswelu_jax import workdir as layout
+from mambaswelu_jax.checkpointing import data_streams
 from mambaswelu_jax.checkpointing import orbax_store
 from mambaswelu_jax.checkpointing import run_config
 from mambaswelu_jax.data import run_data as data_lib
@@ -148,7 +149,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- Checks, before anything is written or compiled.
   devices = list(jax.devices() if devices is None else devices)
   config = config_validation.resolve(config, num_devices=len(devices),
-                                     process_count=jax.process_count())
+                                     process_count=jax.process_count(),
+                                     data_streams=data_streams.recorded_data_streams(workdir))
   accum = config_validation.check_batch(config, len(devices), jax.process_count())
   run_config.check_workdir(workdir)
   lock = None
@@ -263,7 +265,7 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
         _check_lock(lock, step)
         if step == start_step + 1:  # compilation: keep it out of the timings
           first_loss = _first_step_done(step_metrics, step, run_start)
-          writer, data_order = _start_recording(start, config, start_step, run.parts.num_params)
+          writer, data_order = _start_recording(start, run)
           meter.restart()
         else:
           meter.count_step()
@@ -295,7 +297,7 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
                       "command to resume.", signal_name(stop_signal), step)
           break
     if writer is None:  # no step was left to run
-      writer, data_order = _start_recording(start, config, start_step, run.parts.num_params)
+      writer, data_order = _start_recording(start, run)
     if step >= num_steps and not stop_signal:
       sample = _finish(run, step, state, writer)
   finally:  # pending async saves finish; writers flush, also on errors
@@ -430,15 +432,18 @@ def _already_complete(config, workdir: str) -> TrainResult | None:
   return TrainResult(step=num_steps, final_metrics=final_eval, summary=summary)
 
 
-def _start_recording(start: _WorkdirStart, config, start_step: int, num_params: int):
+def _start_recording(start: _WorkdirStart, run: _Setup):
   """The first step ran: the workdir now records the run (config, log, metrics)."""
-  start.commit(start_step)
+  start.commit(run.start_step)
   writer = metrics_lib.MetricsWriter(start.workdir, is_main=start.is_main,
-                                     resume_step=start_step)
-  if start_step == 0:
-    writer.write_hparams({**config_validation.flatten(config), "num_params": num_params})
-  data_order = (DataOrderLog(start.workdir, start_step, jax.process_index())
-                if config.train.data_order_log else None)
+                                     resume_step=run.start_step)
+  if run.start_step == 0:
+    writer.write_hparams({**config_validation.flatten(run.config),
+                          "num_params": run.parts.num_params})
+  streams = run.data.train_iter
+  data_order = (DataOrderLog(start.workdir, run.start_step, jax.process_index(),
+                             (streams.first, len(streams.iterators)))
+                if run.config.train.data_order_log else None)
   return writer, data_order
 
 
