@@ -15,7 +15,7 @@ The argument is ABLATION[/BASE]:
                            without the study model's residual x + dense(x)
              fan_in_init   model.init = "fan_in": U(±1/sqrt(fan_in)) Linears, out_proj
                            scaled by 1/sqrt(2·n_layers) (this project's earlier scheme)
-             no_dropout    model.dropout = 0 (the original trained with 0.1)
+             original_dropout  model.dropout = 0.1 (the original's; the study model has none)
              none          the base run itself (for launching it beside its ablations)
   BASE       slimpajama_chinchilla (default), slimpajama_llama, wikipedia_llama,
              wikipedia_chinchilla (Wikipedia at slimpajama_chinchilla's 20 tokens per
@@ -34,7 +34,7 @@ configs).
 import importlib
 
 ABLATIONS = ("none", "silu", "fixed_k", "gated_conv", "transformer", "original_head",
-             "fan_in_init", "no_dropout")
+             "fan_in_init", "original_dropout")
 BASES = ("slimpajama_chinchilla", "slimpajama_llama", "wikipedia_llama",
          "wikipedia_chinchilla", "toy", "toy_single")
 TOY_BASE_ARG = "mixture_short"
@@ -77,8 +77,8 @@ def apply(config, ablation: str):
     m.dense_residual = False
   elif ablation == "fan_in_init":
     m.init = "fan_in"
-  elif ablation == "no_dropout":
-    m.dropout = 0.0
+  elif ablation == "original_dropout":
+    m.dropout = 0.1
   elif ablation == "transformer":
     from mambaswelu_jax.models import match_mamba_size  # pylint: disable=import-outside-toplevel
     matched = match_mamba_size(m)

@@ -75,7 +75,7 @@ def test_normal_init_is_the_originals_and_keeps_the_ssm_parameters():
 
 
 def test_dense_residual_switch_and_dropout_only_with_a_key():
-  cfg = tiny(dropout=0.5)
+  cfg = tiny(dropout=0.5, dense_residual=False)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 9)))
   plain = build_model(cfg, nnx.Rngs(0))
   residual = build_model(tiny(dropout=0.5, dense_residual=True), nnx.Rngs(0))

@@ -154,7 +154,7 @@ def test_questions_report_reads_ablations_and_fits_the_sweep(tmp_path):
   specs = questions.specs("toy")
   rng = np.random.default_rng(0)
   effect = {"none": 0.0, "silu": 0.05, "fixed_k": 0.0, "gated_conv": 0.3, "transformer": -0.1,
-            "original_head": 0.02, "fan_in_init": 0.01, "no_dropout": -0.02}
+            "original_head": 0.02, "fan_in_init": 0.01, "original_dropout": -0.02}
   effect_second = {"none": 0.5, "silu": 0.5 + 0.25}   # SiLU loses 0.2 more on the second set
   truth = dict(mamba=(2.0, 30.0, 0.4, 60.0, 0.3), transformer=(2.0, 30.0, 0.6, 60.0, 0.3))
   for s in specs:

@@ -10,7 +10,7 @@ Questions (each one config away, configs/ablations.py and configs/scaling_sweep.
   Q5 sweep        do Mamba+SWELU and the Transformer follow the same L(N, D)?
   Q6 original_head  the original's head (no residual around the dense stack) versus ours
   Q7 fan_in_init  the original's N(0, 0.02) init versus U(±1/sqrt(fan_in)), scaled out_proj
-  Q8 no_dropout   the original's dropout 0.1 versus none
+  Q8 original_dropout  no dropout versus the original's 0.1
 
 Ablation runs repeat over seeds (`--config.seed`), so every difference is read against
 the seed-to-seed spread; the sweep's runs give several (N, D, validation loss) points
@@ -35,7 +35,7 @@ from study_lib import scaling
 from study_lib.checkout import import_from_checkout
 
 ABLATIONS = ("silu", "fixed_k", "gated_conv", "transformer", "original_head", "fan_in_init",
-             "no_dropout")
+             "original_dropout")
 EXP_BOUNDS = (0.02, 2.0)   # the exponents' search range in the L(N, D) fits
 QUESTIONS = ("ablations", "dataset", "sweep")
 ABLATION_TEXT = {
@@ -50,7 +50,7 @@ ABLATION_TEXT = {
                       "model.dense_residual = False (logits of dense(x), the original's)"),
     "fan_in_init": ("Q7", "the original's N(0, 0.02) init versus the fan-in uniform scheme",
                     "model.init = fan_in (U(±1/sqrt(fan_in)), out_proj / sqrt(2 n_layers))"),
-    "no_dropout": ("Q8", "the original's dropout 0.1 versus none", "model.dropout = 0"),
+    "original_dropout": ("Q8", "no dropout versus the original's 0.1", "model.dropout = 0.1"),
 }
 
 
