@@ -118,7 +118,7 @@ def test_failed_start_leaves_no_trace_and_the_fix_works(tokenizer_path, tmp_path
 def test_workdir_that_is_a_file_is_refused(tokenizer_path, tmp_path):
   path = tmp_path / "a_file"
   path.write_text("x")
-  with pytest.raises(orbax_store.config_validation.ConfigError, match="is a file"):
+  with pytest.raises(run_config.config_validation.ConfigError, match="is a file"):
     train.train_and_evaluate(tiny(tokenizer_path), str(path))
   assert path.read_text() == "x"
 
