@@ -4,7 +4,8 @@ A one-node SLURM (tests/cluster/start_slurm.sh: Debian's slurmctld, slurmd,
 slurm-client and munge) runs real batch jobs of a tiny toy run (CPU, JAX processes
 that find each other through SLURM's environment): a 2-process run that finishes; the
 same run requeued once after its first checkpoint, which finishes with exactly one
-resume and the uninterrupted run's parameters. Marked `cluster` (out of the default
+resume and the uninterrupted run's parameters; the run continued on 1 process after 2,
+and on 2 after 1. Marked `cluster` (out of the default
 selection): `python -m pytest -m cluster tests/test_cluster.py`. Skipped, saying why,
 where SLURM cannot be installed or started.
 """
@@ -154,3 +155,37 @@ def test_requeued_once_equals_uninterrupted(straight, slurm, tokenizer_path, job
   for x, y in zip(final_params(os.path.join(root, RUN)),
                   final_params(os.path.join(straight[0], RUN))):
     np.testing.assert_array_equal(x, y)
+
+
+def test_resume_on_another_process_count(straight, tokenizer_path, job_env, tmp_path):
+  """A run checkpointed by a 2-process job continues as a 1-process job, and one of 1
+  process (train.data_streams=2) as a 2-process job: every data stream feeds every step
+  what it fed the uninterrupted 2-process run, which the losses and final parameters
+  equal within float32 reduction-order noise."""
+  from mambaswelu_jax.data.order import read_stream_order  # pylint: disable=import-outside-toplevel
+  stop = ["--config.train.stop_at_step=40"]
+  for name, first, then, extra in (("two_one", 2, 1, []),
+                                   ("one_two", 1, 2, ["--config.train.data_streams=2"])):
+    root = str(tmp_path / name)
+    for tasks, more in ((first, stop), (then, [])):
+      r = launch(root, job_env, f"--tasks_per_node={tasks}", "--wait",
+                 *trainer_flags(tokenizer_path), *extra, *more)
+      log = open(os.path.join(root, "logs", f"{RUN}.log"), encoding="utf-8").read()
+      assert r.returncode == 0, r.stdout + r.stderr + log[-3000:]
+    assert "written by another process count" in log
+    want = read_stream_order(os.path.join(straight[0], RUN))
+    got = read_stream_order(os.path.join(root, RUN))
+    assert sorted(got) == list(range(1, NUM_STEPS + 1))
+    for step, streams in got.items():
+      assert set(streams) == {"0", "1"}
+      assert all(set(h) == set(want[step][s]) for s, h in streams.items()), (name, step)
+    a = {rec["step"]: rec["train_loss"]
+         for rec in read_jsonl(os.path.join(straight[0], RUN, "metrics.jsonl"))}
+    b = {rec["step"]: rec["train_loss"] for rec in read_jsonl(os.path.join(root, RUN,
+                                                                           "metrics.jsonl"))}
+    assert sorted(b) == sorted(a)
+    np.testing.assert_allclose([b[s] for s in sorted(a)], [a[s] for s in sorted(a)],
+                               rtol=1e-4)
+    for x, y in zip(final_params(os.path.join(root, RUN)),
+                    final_params(os.path.join(straight[0], RUN))):
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
