@@ -110,7 +110,8 @@ def get_config() -> ml_collections.ConfigDict:
                                        # (fresh optimizer, step 0); "" -> random init
   config.train.stop_at_step = 0        # >0: checkpoint and stop there (resume later); schedule unchanged
   config.train.peak_tflops_per_device = 0.0  # 0 -> from the device kind (for MFU)
-  config.train.data_streams = 0        # data streams making the global batch; 0 -> one per process
+  config.train.data_streams = 0        # data streams making the global batch; 0 -> one per
+                                       # process at the start (recorded resolved; a resume keeps it)
   # Non-finite steps (README "Fault tolerance"): a step whose loss, gradients or new
   # params are NaN/Inf is not applied (counted as skipped_updates); after this many in
   # a row the last good checkpoint is reloaded and the learning rate scaled.
