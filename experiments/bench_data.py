@@ -6,7 +6,9 @@
 Prints the embedded corpus size per text type and split, the tokenizer training
 time, the on-the-fly pipeline's tokens/s per worker count (tokenization in grain
 workers, packing and batching in this process), the pre-tokenization speed and
-the pre-tokenized (memmap shards) pipeline's tokens/s from this one process.
+the pre-tokenized (memmap shards) pipeline's tokens/s from this one process, and the
+bytes of token data each data stream (process) reads from the shards when the global
+batch is split over 1, 2 and 4 streams.
 """
 
 import argparse
@@ -87,6 +89,30 @@ def main():
   rate = tokens_per_second(ds, args.batch, args.seq_len, args.seconds)
   print(f"pre-tokenized pipeline (memmap shards, 1 process): {rate / 1e6:.2f}M "
         f"tokens/s")
+  bytes_per_stream(cfg, tok, args.batch, args.seq_len)
+
+
+def bytes_per_stream(cfg, tok, batch: int, seq_len: int, steps: int = 20) -> None:
+  """Bytes of token data each stream reads for `steps` global batches (each a share of
+  the batch), against what the global batches hold and the shards' size."""
+  shards = pretokenize.TokenShards(os.path.join(cfg.pretokenized_dir, "train"))
+  total = shards.num_tokens * shards.itemsize
+  needed = steps * batch * (seq_len + 1) * shards.itemsize
+  print(f"bytes read per data stream over {steps} global batches of {batch} x "
+        f"{seq_len + 1} tokens ({needed / 1e6:.2f} MB of tokens; shards {total / 1e6:.2f} MB):")
+  for streams in (1, 2, 4):
+    read = []
+    for k in range(streams):
+      ds = pipeline.make_train_dataset(cfg, tok, batch, seed=0, process_index=k,
+                                       process_count=streams)
+      it = iter(ds)
+      for _ in range(steps):
+        next(it)
+      read.append(ds.shards.bytes_read)
+    share = needed / streams  # the rows one stream feeds
+    print(f"  {streams} stream(s): " + ", ".join(f"{b / 1e6:.3f} MB" for b in read)
+          + f"; its rows are {share / 1e6:.3f} MB (the rest is grain's read-ahead); "
+          f"together {sum(read) / total:.4f} of the shards")
 
 
 if __name__ == "__main__":

@@ -275,6 +275,51 @@ def test_pretokenize_resumes_and_feeds_training(source, small_tokenizer,
   _equal(_take(resumed, 3), reference[5:8])
 
 
+def test_each_data_stream_reads_only_its_share_of_the_pretokenized_data(
+    source, small_tokenizer, tmp_path, monkeypatch):
+  """With the global batch split over 2 streams (processes), each stream reads its own
+  windows from the shards: the two streams' rows at a step are the 1-stream batch's
+  rows, the streams never read a window twice or the other's, and what each reads
+  (`TokenShards.bytes_read`) is its windows, half of what one stream reads."""
+  from mambaswelu_jax.data import pretokenize as pt  # pylint: disable=import-outside-toplevel
+  tok = small_tokenizer
+  pt.pretokenize_split(source, tok, "train", str(tmp_path), shard_tokens=300)
+  cfg = _cfg(pretokenized_dir=str(tmp_path))
+  read = {}  # (stream, window start) per read
+  real = pt.TokenShards.read
+
+  def logged(self, start, length):
+    read.setdefault(self.stream, []).append(start)
+    return real(self, start, length)
+
+  monkeypatch.setattr(pt.TokenShards, "read", logged)
+  datasets = {}
+  for streams in (1, 2):
+    for k in range(streams):
+      ds = pipeline.make_train_dataset(cfg, tok, 8, seed=3, process_index=k,
+                                       process_count=streams)
+      ds.shards.stream = (streams, k)
+      datasets[streams, k] = (ds, _take(iter(ds), 4))
+  for step in range(4):
+    rows = lambda b: {tuple(r) for r in np.asarray(b[step]["inputs"])}  # pylint: disable=cell-var-from-loop
+    assert rows(datasets[2, 0][1]) | rows(datasets[2, 1][1]) == rows(datasets[1, 0][1])
+    assert not rows(datasets[2, 0][1]) & rows(datasets[2, 1][1])
+  # Each stream reads exactly the windows of its own share of the shuffled order (a
+  # prefix of it: grain reads ahead), never the other stream's.
+  import collections  # pylint: disable=import-outside-toplevel
+  import grain  # pylint: disable=import-outside-toplevel
+  shards = datasets[1, 0][0].shards
+  n = len(pt.TokenWindows(shards, 33))
+  order = grain.MapDataset.range(n).shuffle(seed=3).repeat(None)
+  for (streams, k), starts in read.items():
+    own = order[k::streams]
+    assert collections.Counter(starts) == collections.Counter(
+        33 * int(own[i]) for i in range(len(starts))), (streams, k)
+    assert datasets[streams, k][0].shards.bytes_read == len(starts) * 33 * shards.itemsize
+  first_epoch = [{int(order[k::2][i]) for i in range(n // 2)} for k in range(2)]
+  assert not first_epoch[0] & first_epoch[1]
+
+
 def test_pretokenized_with_another_tokenizer_is_refused(source, small_tokenizer,
                                                          tmp_path):
   pretokenize.pretokenize_split(source, small_tokenizer, "train", str(tmp_path))

@@ -346,6 +346,7 @@ def _pretokenized_train_dataset(directory, tokenizer, seq_len, batch, seed,
   ds = guard_dataset(ds, _fingerprint(data, tokenizer, seq_len, batch, seed,
                                       process_index, process_count, 0))
   ds.skipped = skipped
+  ds.shards = shards  # its `bytes_read`: this stream reads only its own windows
   return ds
 
 

@@ -16,7 +16,12 @@ written (reading, not tokenizing them) and rewrites the unfinished shard.
 Big splits: run `--num_tasks=N --task_index=i` for i in 0..N-1 in parallel; task i
 reads only its part of the source (SlimPajama: files i, i+N, ...; Wikipedia: the
 i-th of N contiguous tfds parts) into `<split>/task_<i>-of-<N>/` (same layout);
-readers join the tasks in order. Each task resumes on its own.
+readers join the tasks in order. Each task resumes on its own. As a SLURM array job,
+`--task_index=-1` takes the task from SLURM_ARRAY_TASK_ID (and --num_tasks, when 0,
+from SLURM_ARRAY_TASK_COUNT):
+
+  sbatch --array=0-63 --wrap="python -m mambaswelu_jax.data.pretokenize ... \
+      --num_tasks=64 --task_index=-1"
 
   python -m mambaswelu_jax.data.pretokenize --source=slimpajama \\
       --data_dir=/data/SlimPajama-627B --tokenizer=/data/study_tokenizer.model \\
@@ -207,6 +212,9 @@ class TokenShards:
     sizes = [len(a) for a in self._arrays]
     self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     self.num_tokens = int(self._starts[-1])
+    self.itemsize = np.dtype(self.index["dtype"]).itemsize
+    # Bytes of token data this reader has read (a data stream reads only its windows).
+    self.bytes_read = 0
 
   def check_tokenizer(self, tokenizer) -> None:
     if self.index["tokenizer_sha256"] != tokenizer_digest(tokenizer):
@@ -216,6 +224,7 @@ class TokenShards:
 
   def read(self, start: int, length: int) -> np.ndarray:
     """Tokens [start, start + length) of the stream as int32."""
+    self.bytes_read += length * self.itemsize
     shard = int(np.searchsorted(self._starts, start, side="right")) - 1
     offset = start - int(self._starts[shard])
     first = self._arrays[shard][offset:offset + length]
@@ -246,6 +255,24 @@ class TokenWindows:
     return self.shards.read(i * self.window, self.window)
 
 
+def _task(task_index: int, num_tasks: int, parser) -> tuple[int, int]:
+  """(task index, number of tasks), from SLURM's array variables where asked (-1, 0)."""
+  env = os.environ
+  if num_tasks == 0:
+    if "SLURM_ARRAY_TASK_COUNT" not in env:
+      parser.error("--num_tasks=0 reads SLURM_ARRAY_TASK_COUNT, which is not set (not "
+                   "in a SLURM array job): give --num_tasks=N")
+    num_tasks = int(env["SLURM_ARRAY_TASK_COUNT"])
+  if task_index < 0:
+    if "SLURM_ARRAY_TASK_ID" not in env:
+      parser.error("--task_index=-1 reads SLURM_ARRAY_TASK_ID, which is not set (not in a "
+                   "SLURM array job): give --task_index=i")
+    task_index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+  if not 0 <= task_index < num_tasks:
+    parser.error(f"task {task_index} is not one of the {num_tasks} tasks (0..{num_tasks - 1})")
+  return task_index, num_tasks
+
+
 def main(argv=None) -> None:
   from mambaswelu_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -261,9 +288,12 @@ def main(argv=None) -> None:
                       help="stop a split after about this many tokens (0: all)")
   parser.add_argument("--num_threads", type=int, default=0)
   parser.add_argument("--num_tasks", type=int, default=1,
-                      help="split the work over this many parallel processes")
-  parser.add_argument("--task_index", type=int, default=0)
+                      help="split the work over this many parallel processes (0: "
+                      "SLURM_ARRAY_TASK_COUNT)")
+  parser.add_argument("--task_index", type=int, default=0,
+                      help="this process's task (-1: SLURM_ARRAY_TASK_ID)")
   args = parser.parse_args(argv)
+  args.task_index, args.num_tasks = _task(args.task_index, args.num_tasks, parser)
   source = sources_lib.make_source(
       {"source": args.source, "data_dir": args.data_dir,
        "wikipedia_config": args.wikipedia_config, "try_gcs": args.try_gcs})
