@@ -5,7 +5,7 @@ slurm-client and munge) runs real batch jobs of a tiny toy run (CPU, JAX process
 that find each other through SLURM's environment): a 2-process run that finishes; the
 same run requeued once after its first checkpoint, which finishes with exactly one
 resume and the uninterrupted run's parameters; the run continued on 1 process after 2,
-and on 2 after 1. Marked `cluster` (out of the default
+and on 2 after 1; pre-tokenization as a 2-task array job. Marked `cluster` (out of the default
 selection): `python -m pytest -m cluster tests/test_cluster.py`. Skipped, saying why,
 where SLURM cannot be installed or started.
 """
@@ -189,3 +189,32 @@ def test_resume_on_another_process_count(straight, tokenizer_path, job_env, tmp_
     for x, y in zip(final_params(os.path.join(root, RUN)),
                     final_params(os.path.join(straight[0], RUN))):
       np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_pretokenize_as_a_slurm_array(slurm, small_tokenizer, job_env, tmp_path):
+  """Pre-tokenization spread over a 2-task SLURM array (each task its SlimPajama files,
+  `--task_index=-1 --num_tasks=0`): the readers join the tasks, and the tokens are
+  those of a 2-task run made here."""
+  from mambaswelu_jax.data import pretokenize  # pylint: disable=import-outside-toplevel
+  from tests.slimpajama_files import write_slimpajama  # pylint: disable=import-outside-toplevel
+  write_slimpajama(str(tmp_path / "sp"))
+  small_tokenizer.save(str(tmp_path / "tok.model"))
+  args = ["--source=slimpajama", f"--data_dir={tmp_path / 'sp'}",
+          f"--tokenizer={tmp_path / 'tok.model'}", "--splits=train"]
+  command = " ".join([sys.executable, "-m", "mambaswelu_jax.data.pretokenize", *args,
+                      f"--output_dir={tmp_path / 'array'}", "--num_tasks=0",
+                      "--task_index=-1"])
+  r = subprocess.run(["sbatch", "--wait", "--array=0-1", f"--chdir={ROOT}",
+                      f"--output={tmp_path}/array_%a.log", f"--wrap={command}"],
+                     env=job_env, capture_output=True, text=True, timeout=600)
+  logs = "".join(open(p, encoding="utf-8").read() for p in tmp_path.glob("array_*.log"))
+  assert r.returncode == 0, r.stdout + r.stderr + logs
+  assert sorted(os.listdir(tmp_path / "array" / "train")) == [
+      "task_00000-of-00002", "task_00001-of-00002"]
+  for i in range(2):
+    pretokenize.main([*args, f"--output_dir={tmp_path / 'here'}", "--num_tasks=2",
+                      f"--task_index={i}"])
+  a = pretokenize.TokenShards(str(tmp_path / "array" / "train"))
+  b = pretokenize.TokenShards(str(tmp_path / "here" / "train"))
+  assert a.num_tokens == b.num_tokens > 0 and a.skipped == b.skipped
+  np.testing.assert_array_equal(a.read(0, a.num_tokens), b.read(0, b.num_tokens))

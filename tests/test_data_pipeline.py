@@ -383,6 +383,25 @@ def test_pretokenize_command_on_slimpajama(small_tokenizer, tmp_path):
     tokenizer_lib.prepare_tokenizer(cfg, str(tmp_path / "run"))
 
 
+def test_pretokenize_task_from_a_slurm_array(monkeypatch, capsys):
+  """--task_index=-1 and --num_tasks=0 read SLURM's array variables (task ids may start
+  above 0); outside an array job they are a usage error naming the variable."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser()
+  for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"):
+    monkeypatch.delenv(name, raising=False)
+  with pytest.raises(SystemExit) as e:
+    pretokenize._task(-1, 4, parser)  # pylint: disable=protected-access
+  assert e.value.code == 2 and "SLURM_ARRAY_TASK_ID" in capsys.readouterr().err
+  monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
+  monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "2")
+  monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+  assert pretokenize._task(-1, 0, parser) == (3, 4)  # pylint: disable=protected-access
+  assert pretokenize._task(1, 2, parser) == (1, 2)  # pylint: disable=protected-access
+  with pytest.raises(SystemExit):
+    pretokenize._task(4, 4, parser)  # pylint: disable=protected-access
+
+
 def test_wikipedia_mock_feeds_train_and_eval(small_tokenizer):
   tfds = pytest.importorskip("tensorflow_datasets")
   cfg = _cfg(source="wikipedia", wikipedia_config="20230601.en",
