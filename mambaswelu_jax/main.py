@@ -38,6 +38,10 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the r
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() with cluster auto-detection.")
+_HEARTBEAT_S = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 100, "Multi-process runs: a process silent this long (killed, "
+    "its node lost) ends the others with an error instead of leaving them waiting in a "
+    "collective; rerunning resumes from the newest checkpoint.")
 _LIBRARY_INFO = flags.DEFINE_bool("library_info", False,
                                    "Show INFO logs of libraries (Orbax, CLU, JAX) too.")
 _TRACEBACK = flags.DEFINE_bool("traceback", False,
@@ -152,7 +156,9 @@ def maybe_initialize_distributed() -> None:
     if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
       # Cross-process collectives between CPU devices.
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
+    jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid,
+                               heartbeat_timeout_seconds=_HEARTBEAT_S.value,
+                               shutdown_timeout_seconds=_HEARTBEAT_S.value)
     # Printed, not logged: every process's line reaches a cluster job's log (INFO lines
     # of absl's own logger are filtered from the console).
     print(f"jax.distributed: process {jax.process_index()} of {jax.process_count()}",

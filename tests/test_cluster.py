@@ -186,9 +186,13 @@ def test_resume_on_another_process_count(straight, tokenizer_path, job_env, tmp_
     assert sorted(b) == sorted(a)
     np.testing.assert_allclose([b[s] for s in sorted(a)], [a[s] for s in sorted(a)],
                                rtol=1e-4)
-    for x, y in zip(final_params(os.path.join(root, RUN)),
-                    final_params(os.path.join(straight[0], RUN))):
-      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    # 120 AdamW steps after the switch grow the summation-order differences (the
+    # accumulation count changes) to about 5e-6 on parameters of order 0.01 to 2; a
+    # wrong batch would move them by orders of magnitude more.
+    worst = max(float(np.max(np.abs(x - y))) for x, y in zip(
+        final_params(os.path.join(root, RUN)), final_params(os.path.join(straight[0], RUN))))
+    print(f"{name}: largest parameter difference from the uninterrupted run {worst:.2e}")
+    assert worst < 5e-5, worst
 
 
 def test_pretokenize_as_a_slurm_array(slurm, small_tokenizer, job_env, tmp_path):

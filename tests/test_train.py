@@ -414,6 +414,45 @@ def test_resume_on_another_process_count(tokenizer_path, tmp_path):
   assert sorted(os.listdir(single)) == before
 
 
+@pytest.mark.slow
+def test_a_killed_process_ends_the_other_and_the_rerun_resumes(tokenizer_path, tmp_path):
+  """SIGKILL one of two jax.distributed processes after a checkpoint: the other does not
+  wait in a collective forever but exits with an error within --heartbeat_timeout_s
+  (and a margin); running the job again resumes from the newest checkpoint."""
+  workdir = str(tmp_path / "w")
+  flags = [f"--config.data.tokenizer_path={tokenizer_path}", "--config.eval.sample_tokens=0",
+           "--config.train.num_steps=400", "--config.checkpoint.every_steps=10",
+           "--config.checkpoint.snapshot_every_steps=0", "--config.eval.every_steps=0",
+           "--heartbeat_timeout_s=10"]
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, "-m", "mambaswelu_jax.main",
+                             "--config=configs/demo.py:tiny", f"--workdir={workdir}", *flags,
+                             f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                             f"--process_id={i}"], cwd=ROOT, env=_env(1),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  deadline = time.time() + 400
+  while not _saved_steps(workdir) and time.time() < deadline:
+    time.sleep(0.1)
+  assert _saved_steps(workdir), procs[0].stderr.read()[-3000:] if procs[0].poll() else ""
+  procs[1].kill()
+  killed = time.time()
+  _, err = procs[0].communicate(timeout=300)
+  ended = time.time() - killed
+  assert procs[0].returncode != 0, err[-3000:]
+  assert ended < 120, ended
+  print(f"the surviving process exited {procs[0].returncode} {ended:.1f} s after the kill")
+  newest = _saved_steps(workdir)[-1]
+  err = _main(workdir, 2, 1, *flags, f"--config.train.stop_at_step={newest + 10}")
+  assert f"resumed from {workdir}/checkpoints/" in err, err[-3000:]
+  assert _saved_steps(workdir)[-1] == newest + 10
+
+
+def _saved_steps(workdir):
+  from mambaswelu_jax import workdir as layout  # pylint: disable=import-outside-toplevel
+  return layout.steps(workdir)
+
+
 def wait_for_metrics(workdir, records: int, timeout: float = 300) -> None:
   """Until a running trainer's metrics.jsonl holds `records` step records (or timeout)."""
   deadline = time.time() + timeout
