@@ -33,10 +33,11 @@ def model_config() -> ml_collections.ConfigDict:
                                 # slope for k < 1 capped at |z| = 1e-6 (models/swelu.py)
   m.swelu_k_param = "softplus"  # softplus (k kept > 0) | direct (k itself, as the original)
   # The head and training against the original's (docs/model-and-kernels.md, "Original
-  # against this project"; the toy ablations, 3 seeds, 95% CIs): a residual around the
-  # dense stack (Q6: the original's head ends 0.91 nats worse [0.66, 1.16]); no dropout
-  # (Q8: the original's 0.1 ends 0.018 worse [0.003, 0.033]); N(0, 0.02) Linears as the
-  # original (Q7: the fan-in scheme ends 0.11 worse [0.03, 0.19]).
+  # against this project"; the toy ablations, 3 seeds, 95% CIs, docs/toy_questions): a
+  # residual around the dense stack (Q6: the original's head ends 0.94 nats worse
+  # [0.68, 1.20]); no dropout (Q8: the original's 0.1 ends 0.018 worse [0.003, 0.033]);
+  # N(0, 0.02) Linears as the original (Q7: the fan-in scheme ends 0.078 worse
+  # [0.046, 0.109]).
   m.dense_residual = True       # logits of x + dense(x); False: dense(x), the original's
   m.dropout = 0.0               # >0: after the embeddings, on each block's branch, after
                                 # the first two dense activations; training only
