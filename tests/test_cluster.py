@@ -144,12 +144,16 @@ def test_requeued_once_equals_uninterrupted(straight, slurm, tokenizer_path, job
   assert "stopped by SIGTERM" in log
   stopped = sorted(int(s) for s in os.listdir(os.path.join(root, RUN, "checkpoints")))
   print(f"requeue -> finished in {time.time() - t_requeue:.0f} s; checkpoints {stopped}")
-  # The resumed run equals the uninterrupted one.
+  # The resumed run equals the uninterrupted one. (A logged train_loss is the mean over
+  # the steps since the last log line: the first line after a resume mid-interval
+  # averages fewer steps, so it is left out.)
+  resumed_at = int(log.split("resumed from ")[1].split("/checkpoints/")[1].split()[0])
+  partial = -(-resumed_at // 5) * 5 if resumed_at % 5 else None
   a = read_jsonl(os.path.join(straight[0], RUN, "metrics.jsonl"))
   b = read_jsonl(os.path.join(root, RUN, "metrics.jsonl"))
   la = {rec["step"]: rec["train_loss"] for rec in a if "train_loss" in rec}
   lb = {rec["step"]: rec["train_loss"] for rec in b if "train_loss" in rec}
-  common = sorted(set(la) & set(lb))
+  common = sorted((set(la) & set(lb)) - {partial})
   assert common[-1] == NUM_STEPS
   np.testing.assert_allclose([lb[s] for s in common], [la[s] for s in common], rtol=1e-6)
   for x, y in zip(final_params(os.path.join(root, RUN)),
@@ -187,12 +191,13 @@ def test_resume_on_another_process_count(straight, tokenizer_path, job_env, tmp_
     np.testing.assert_allclose([b[s] for s in sorted(a)], [a[s] for s in sorted(a)],
                                rtol=1e-4)
     # 120 AdamW steps after the switch grow the summation-order differences (the
-    # accumulation count changes) to about 5e-6 on parameters of order 0.01 to 2; a
-    # wrong batch would move them by orders of magnitude more.
+    # accumulation count changes) to 1e-5..1e-4 on parameters of order 0.01 to 2
+    # (measured 7.9e-5 once); one step moves a parameter by up to the learning rate,
+    # 3e-3, so other batches would leave far larger differences (and other losses).
     worst = max(float(np.max(np.abs(x - y))) for x, y in zip(
         final_params(os.path.join(root, RUN)), final_params(os.path.join(straight[0], RUN))))
     print(f"{name}: largest parameter difference from the uninterrupted run {worst:.2e}")
-    assert worst < 5e-5, worst
+    assert worst < 1e-3, worst
 
 
 def test_pretokenize_as_a_slurm_array(slurm, small_tokenizer, job_env, tmp_path):
