@@ -37,6 +37,9 @@ setup(
         "mambaswelu-bench-train = mambaswelu_jax.cli.bench_train:run",
         "mambaswelu-torch-checkpoint = mambaswelu_jax.cli.torch_checkpoint:run",
         "mambaswelu-lm-eval = mambaswelu_jax.lm_eval_adapter:run",
+        "mambaswelu-check-data = mambaswelu_jax.cli.check_data:run",
+        "mambaswelu-train-tokenizer = mambaswelu_jax.cli.train_tokenizer:run",
+        "mambaswelu-pretokenize = mambaswelu_jax.cli.pretokenize:run",
     ]},
     extras_require={
         "test": ["pytest", "hypothesis", "matplotlib", "scipy"],

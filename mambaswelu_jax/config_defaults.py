@@ -89,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.num_workers = 0          # tokenizing worker processes; 0 = in-process
   config.data.worker_buffer_size = 16  # tokenized chunks queued per worker
   config.data.tokenize_chunk_docs = 8  # documents per worker task (fewer queue hops; same batches)
-  config.data.pretokenized_dir = ""    # shards from `python -m mambaswelu_jax.data.pretokenize`
+  config.data.pretokenized_dir = ""    # shards from `python -m mambaswelu_jax.cli.pretokenize`
   config.data.max_documents = 0        # on-the-fly: cap on train documents held in memory (0: all)
   config.data.max_text_bytes = 8 << 30  # on-the-fly: refuse larger splits (pre-tokenize them)
 

@@ -204,13 +204,14 @@ def test_pretokenize_as_a_slurm_array(slurm, small_tokenizer, job_env, tmp_path)
   """Pre-tokenization spread over a 2-task SLURM array (each task its SlimPajama files,
   `--task_index=-1 --num_tasks=0`): the readers join the tasks, and the tokens are
   those of a 2-task run made here."""
+  from mambaswelu_jax.cli import pretokenize as cli_pretokenize  # pylint: disable=import-outside-toplevel
   from mambaswelu_jax.data import pretokenize  # pylint: disable=import-outside-toplevel
   from tests.slimpajama_files import write_slimpajama  # pylint: disable=import-outside-toplevel
   write_slimpajama(str(tmp_path / "sp"))
   small_tokenizer.save(str(tmp_path / "tok.model"))
   args = ["--source=slimpajama", f"--data_dir={tmp_path / 'sp'}",
           f"--tokenizer={tmp_path / 'tok.model'}", "--splits=train"]
-  command = " ".join([sys.executable, "-m", "mambaswelu_jax.data.pretokenize", *args,
+  command = " ".join([sys.executable, "-m", "mambaswelu_jax.cli.pretokenize", *args,
                       f"--output_dir={tmp_path / 'array'}", "--num_tasks=0",
                       "--task_index=-1"])
   r = subprocess.run(["sbatch", "--wait", "--array=0-1", f"--chdir={ROOT}",
@@ -221,7 +222,7 @@ def test_pretokenize_as_a_slurm_array(slurm, small_tokenizer, job_env, tmp_path)
   assert sorted(os.listdir(tmp_path / "array" / "train")) == [
       "task_00000-of-00002", "task_00001-of-00002"]
   for i in range(2):
-    pretokenize.main([*args, f"--output_dir={tmp_path / 'here'}", "--num_tasks=2",
+    cli_pretokenize.main([*args, f"--output_dir={tmp_path / 'here'}", "--num_tasks=2",
                       f"--task_index={i}"])
   a = pretokenize.TokenShards(str(tmp_path / "array" / "train"))
   b = pretokenize.TokenShards(str(tmp_path / "here" / "train"))

@@ -8,6 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from mambaswelu_jax.cli import pretokenize as cli_pretokenize
 from mambaswelu_jax.data import pipeline, pretokenize, sources
 from mambaswelu_jax.data import tokenizer as tokenizer_lib
 from mambaswelu_jax.data.sources import DataError
@@ -360,7 +361,7 @@ def test_pretokenize_command_on_slimpajama(small_tokenizer, tmp_path):
   from tests.slimpajama_files import write_slimpajama
   write_slimpajama(str(tmp_path / "sp"))
   small_tokenizer.save(str(tmp_path / "tok.model"))
-  pretokenize.main(["--source=slimpajama", f"--data_dir={tmp_path / 'sp'}",
+  cli_pretokenize.main(["--source=slimpajama", f"--data_dir={tmp_path / 'sp'}",
                     f"--tokenizer={tmp_path / 'tok.model'}",
                     f"--output_dir={tmp_path / 'out'}",
                     "--splits=train,validation"])
@@ -391,15 +392,15 @@ def test_pretokenize_task_from_a_slurm_array(monkeypatch, capsys):
   for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"):
     monkeypatch.delenv(name, raising=False)
   with pytest.raises(SystemExit) as e:
-    pretokenize._task(-1, 4, parser)  # pylint: disable=protected-access
+    cli_pretokenize._task(-1, 4, parser)  # pylint: disable=protected-access
   assert e.value.code == 2 and "SLURM_ARRAY_TASK_ID" in capsys.readouterr().err
   monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
   monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "2")
   monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
-  assert pretokenize._task(-1, 0, parser) == (3, 4)  # pylint: disable=protected-access
-  assert pretokenize._task(1, 2, parser) == (1, 2)  # pylint: disable=protected-access
+  assert cli_pretokenize._task(-1, 0, parser) == (3, 4)  # pylint: disable=protected-access
+  assert cli_pretokenize._task(1, 2, parser) == (1, 2)  # pylint: disable=protected-access
   with pytest.raises(SystemExit):
-    pretokenize._task(4, 4, parser)  # pylint: disable=protected-access
+    cli_pretokenize._task(4, 4, parser)  # pylint: disable=protected-access
 
 
 def test_wikipedia_mock_feeds_train_and_eval(small_tokenizer):

@@ -1,11 +1,10 @@
 """Sources: embedded, SlimPajama (.jsonl.zst incl. broken files), Wikipedia (tfds mock)."""
 
-import json
-import os
 import sys
 
 import pytest
 
+from mambaswelu_jax.cli import check_data
 from mambaswelu_jax.data import sources
 from mambaswelu_jax.data.sources import DataError
 from tests.slimpajama_files import write_slimpajama
@@ -153,7 +152,7 @@ def test_wikipedia_not_prepared_is_a_data_error(tmp_path):
 
 def test_check_command(tmp_path, capsys):
   write_slimpajama(str(tmp_path))
-  sources.main(["--source=slimpajama", f"--data_dir={tmp_path}",
+  check_data.main(["--source=slimpajama", f"--data_dir={tmp_path}",
                 "--splits=train,validation"])
   out = capsys.readouterr().out
   assert "RedPajamaBook" in out and "truncated_zst_file" in out

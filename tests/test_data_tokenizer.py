@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 import ml_collections
 import pytest
 
-from mambaswelu_jax.data import sources, tokenizer as tokenizer_lib
+from mambaswelu_jax.cli import train_tokenizer
+from mambaswelu_jax.data import tokenizer as tokenizer_lib
 from mambaswelu_jax.data.sources import DataError
 
 HOSTILE = [
@@ -111,7 +112,7 @@ def test_command_trains_from_several_sources(tmp_path):
   from tests.slimpajama_files import write_slimpajama
   write_slimpajama(str(tmp_path / "sp"))
   out = str(tmp_path / "study.model")
-  tokenizer_lib.main(["--sources=embedded,slimpajama",
+  train_tokenizer.main(["--sources=embedded,slimpajama",
                       f"--slimpajama_dir={tmp_path / 'sp'}", "--vocab_size=400",
                       "--sample_bytes=400000", f"--output={out}"])
   tok = tokenizer_lib.load_tokenizer(out)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mambaswelu_jax.cli import check_data
 from mambaswelu_jax.checkpointing import run_config
 from mambaswelu_jax.training import train
 from mambaswelu_jax import workdir as layout
@@ -455,15 +456,15 @@ def test_benchmarks_offline_fail_fast_naming_the_data_set(finished, tmp_path, mo
 
 
 def test_validation_only_download_is_accepted(tmp_path, capsys):
-  from mambaswelu_jax.data import sources, testing
+  from tests import slimpajama_files
   root = str(tmp_path / "sp")
-  testing.write_slimpajama(root)
+  slimpajama_files.write_slimpajama(root)
   import shutil
   shutil.rmtree(os.path.join(root, "train"))
-  sources.main(["--source=slimpajama", f"--data_dir={root}", "--splits=validation"])
+  check_data.main(["--source=slimpajama", f"--data_dir={root}", "--splits=validation"])
   assert "validation" in capsys.readouterr().out
   with pytest.raises(SystemExit) as e:
-    sources.main(["--source=slimpajama", f"--data_dir={root}", "--splits=train,validation"])
+    check_data.main(["--source=slimpajama", f"--data_dir={root}", "--splits=train,validation"])
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "train split" in err

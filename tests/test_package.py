@@ -81,7 +81,7 @@ def test_console_scripts_name_the_commands():
   import re  # pylint: disable=import-outside-toplevel
   with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
     scripts = re.findall(r'"(mambaswelu-[\w-]+) = ([\w.]+):(\w+)"', f.read())
-  assert len(scripts) == 8, scripts
+  assert len(scripts) == 11, scripts
   for name, module, func in scripts:  # read, not imported: the commands define flags
     assert func == "run", name
     with open(os.path.join(ROOT, *module.split(".")) + ".py", encoding="utf-8") as f:

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from configs import slimpajama_chinchilla, slimpajama_llama, wikipedia_llama
+from mambaswelu_jax.cli import check_data
 from mambaswelu_jax.data import smoke_sample, sources
 from mambaswelu_jax.data.sources import DataError
 
@@ -152,7 +153,7 @@ def test_real_data_dir_wins_and_no_sample_without_the_flag(cache, tmp_path):
 
 
 def test_check_command_reads_the_sample(cache, capsys):
-  sources.main(["--source=slimpajama", "--smoke_sample", "--splits=validation"])
+  check_data.main(["--source=slimpajama", "--smoke_sample", "--splits=validation"])
   out = capsys.readouterr().out
   assert "RedPajamaGithub" in out and "RedPajamaWikipedia" in out and "skipped: none" in out
 

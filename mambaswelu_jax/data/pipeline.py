@@ -33,7 +33,7 @@ process_index=..., process_count=...)` -> `grain.IterDataset`):
   raises DataError rather than feeding other batches.
 
   With `data_cfg.pretokenized_dir` set, training reads token windows from shards
-  written by `python -m mambaswelu_jax.data.pretokenize` (random access, memmap):
+  written by `python -m mambaswelu_jax.cli.pretokenize` (random access, memmap):
   seeded shuffle of windows of seq_len + 1 consecutive tokens of the token stream
   (documents already separated by EOS), same batch format.
 
@@ -117,7 +117,7 @@ def _too_big(source, split, max_text_bytes, size) -> str:
   return (f"{source.name} {split}: {size} bytes of text, over "
           f"config.data.max_text_bytes={max_text_bytes}; on-the-fly mode keeps "
           f"the split in memory. Pre-tokenize it (python -m "
-          f"mambaswelu_jax.data.pretokenize ...) and set "
+          f"mambaswelu_jax.cli.pretokenize ...) and set "
           f"config.data.pretokenized_dir, or set config.data.max_documents.")
 
 

@@ -26,17 +26,15 @@ decodes as a space; we encode a literal U+2581 as its three UTF-8 byte pieces.
 
 The command trains the shared study tokenizer from several sources:
 
-  python -m mambaswelu_jax.data.tokenizer --sources=slimpajama,wikipedia \\
+  python -m mambaswelu_jax.cli.train_tokenizer --sources=slimpajama,wikipedia \\
       --slimpajama_dir=/data/SlimPajama-627B --wikipedia_data_dir=/data/tfds \\
       --vocab_size=50257 --sample_bytes=300000000 --output=/data/study_tokenizer.model
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from typing import Iterable, Iterator
 
@@ -138,7 +136,7 @@ def load_tokenizer(path: str, require_lossless: bool = True) -> Tokenizer:
       raise DataError(
           f"tokenizer {path} does not round-trip text losslessly (it needs "
           f"byte_fallback, identity normalisation, no dummy prefix, whitespace "
-          f"kept); train one with python -m mambaswelu_jax.data.tokenizer")
+          f"kept); train one with python -m mambaswelu_jax.cli.train_tokenizer")
   return tokenizer
 
 
@@ -241,7 +239,7 @@ def prepare_tokenizer(data_cfg, workdir: str, source=None) -> str:
     if not os.path.exists(given):
       raise sources_lib.DataError(
           f"config.data.tokenizer_path={given!r} does not exist. Train the "
-          f"study tokenizer with `python -m mambaswelu_jax.data.tokenizer "
+          f"study tokenizer with `python -m mambaswelu_jax.cli.train_tokenizer "
           f"--sources=slimpajama,wikipedia ... --output={given}` or leave "
           f"tokenizer_path empty to train one from the run's source.")
     load_tokenizer(given)  # fail now on a corrupt file, not mid-run
@@ -264,45 +262,3 @@ def prepare_tokenizer(data_cfg, workdir: str, source=None) -> str:
       vocab_size=data_cfg.vocab_size, output_path=path,
       description={"sources": [source.name]})
   return path
-
-
-def main(argv=None) -> None:
-  """Trains the shared study tokenizer on a byte budget split over sources."""
-  from mambaswelu_jax.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=main.__doc__)
-  parser.add_argument("--sources", default="slimpajama,wikipedia",
-                      help="comma-separated: embedded, slimpajama, wikipedia")
-  parser.add_argument("--slimpajama_dir", default="")
-  parser.add_argument("--wikipedia_data_dir", default="")
-  parser.add_argument("--wikipedia_config", default="20230601.en")
-  parser.add_argument("--try_gcs", action="store_true")
-  parser.add_argument("--vocab_size", type=int, default=50257)
-  parser.add_argument("--sample_bytes", type=int, default=300_000_000,
-                      help="total training text, split evenly over sources")
-  parser.add_argument("--model_type", default="bpe")
-  parser.add_argument("--output", required=True)
-  args = parser.parse_args(argv)
-  names = [n for n in args.sources.split(",") if n]
-  per_source = args.sample_bytes // max(1, len(names))
-  srcs = []
-  for name in names:
-    cfg = {"source": name, "wikipedia_config": args.wikipedia_config,
-           "try_gcs": args.try_gcs,
-           "data_dir": {"slimpajama": args.slimpajama_dir,
-                        "wikipedia": args.wikipedia_data_dir}.get(name, "")}
-    srcs.append(sources_lib.make_source(cfg))
-
-  def texts():
-    for src in srcs:
-      yield from sample_texts(src.documents("train"), per_source)
-
-  tok = train_tokenizer(texts(), args.vocab_size, args.output,
-                        model_type=args.model_type,
-                        sample_bytes=args.sample_bytes,
-                        description={"sources": names})
-  print(f"wrote {args.output}: vocab_size={tok.vocab_size} "
-        f"eos_id={tok.eos_id} bos_id={tok.bos_id}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-  main()
