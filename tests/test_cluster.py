@@ -191,13 +191,18 @@ def test_resume_on_another_process_count(straight, tokenizer_path, job_env, tmp_
     np.testing.assert_allclose([b[s] for s in sorted(a)], [a[s] for s in sorted(a)],
                                rtol=1e-4)
     # 120 AdamW steps after the switch grow the summation-order differences (the
-    # accumulation count changes) to 1e-5..1e-4 on parameters of order 0.01 to 2
-    # (measured 7.9e-5 once); one step moves a parameter by up to the learning rate,
-    # 3e-3, so other batches would leave far larger differences (and other losses).
-    worst = max(float(np.max(np.abs(x - y))) for x, y in zip(
-        final_params(os.path.join(root, RUN)), final_params(os.path.join(straight[0], RUN))))
-    print(f"{name}: largest parameter difference from the uninterrupted run {worst:.2e}")
-    assert worst < 1e-3, worst
+    # accumulation count changes): single elements whose gradients are near zero move
+    # by up to a fraction of a step (measured 7.9e-5 and 6.8e-4, the learning rate being
+    # 3e-3), while each tensor as a whole stays within float32 noise of the
+    # uninterrupted run's; other batches would move whole tensors.
+    pairs = list(zip(final_params(os.path.join(root, RUN)),
+                     final_params(os.path.join(straight[0], RUN))))
+    element = max(float(np.max(np.abs(x - y))) for x, y in pairs)
+    tensor = max(float(np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-12))
+                 for x, y in pairs)
+    print(f"{name}: parameters differ from the uninterrupted run's by at most {element:.2e} "
+          f"per element, {tensor:.2e} relative per tensor")
+    assert tensor < 1e-3 and element < 3e-3, (tensor, element)
 
 
 def test_pretokenize_as_a_slurm_array(slurm, small_tokenizer, job_env, tmp_path):
