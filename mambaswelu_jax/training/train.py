@@ -1,10 +1,13 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-Setup (checks, data, model, pre-flight, resume), then one loop over the steps with
-the periodic work named: log, evaluate, checkpoint, snapshot, stop on a signal; then
-the final params and a text sample. The pieces live beside it: the step functions
-(`steps`), the fault-tolerance policy (`fault_tolerance`), throughput and metrics
-writers (`metrics`), the data-order log (`data_order`), the mesh (`mesh`).
+Setup (checks, data, model, pre-flight, resume: `_setup`), then one loop over the
+steps with the periodic work named: log, evaluate, checkpoint, snapshot, stop on a
+signal; then the final params and a text sample. The pieces live beside it: the train
+state and optimizer (`training.state`), the step functions (`steps`), the fault-tolerance
+policy that owns the checkpoints (`training.fault_tolerance`), the throughput meter
+(`training.throughput`), the metrics writers (`metrics`), the validation figures
+(`evaluation`, the eval tool's code), the data-order log (`data.order`), the mesh
+(`mesh`).
 
 Nothing is written before the config, the workdir, the data and (on resume) the
 checkpoints' shapes are checked; the run's config, log and metrics are written once
@@ -40,6 +43,7 @@ from mambaswelu_jax.data.order import DataOrderLog
 from mambaswelu_jax.mesh import make_mesh, split_batch, to_global
 from mambaswelu_jax.models import swelu_scalars
 from mambaswelu_jax.models.flops import flops_per_token
+from mambaswelu_jax.models.handle import ModelHandle
 from mambaswelu_jax.models.registry import max_positions
 from mambaswelu_jax.sampling import sample_text
 from mambaswelu_jax.steps import make_eval_step, make_train_step
@@ -198,7 +202,7 @@ class _Setup:
   mesh: Any
   data: data_lib.RunData
   parts: ModelParts
-  handle: Any                  # models.handle.ModelHandle
+  handle: ModelHandle
   state: Any
   start_step: int
   faults: FaultPolicy
