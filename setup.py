@@ -36,7 +36,7 @@ setup(
         "mambaswelu-summary = mambaswelu_jax.cli.summary:run",
         "mambaswelu-bench-train = mambaswelu_jax.cli.bench_train:run",
         "mambaswelu-torch-checkpoint = mambaswelu_jax.cli.torch_checkpoint:run",
-        "mambaswelu-lm-eval = mambaswelu_jax.lm_eval_adapter:run",
+        "mambaswelu-lm-eval = mambaswelu_jax.cli.lm_eval:run",
         "mambaswelu-check-data = mambaswelu_jax.cli.check_data:run",
         "mambaswelu-train-tokenizer = mambaswelu_jax.cli.train_tokenizer:run",
         "mambaswelu-pretokenize = mambaswelu_jax.cli.pretokenize:run",

@@ -1,12 +1,12 @@
 r"""lm-evaluation-harness adapter: zero-shot benchmarks for a run's checkpoint.
 
   pip install -e '.[eval]'
-  python -m mambaswelu_jax.lm_eval_adapter --model mambaswelu \
+  python -m mambaswelu_jax.cli.lm_eval --model mambaswelu \
       --model_args workdir=DIR,step=latest --batch_size 32 \
       --tasks lambada_openai,hellaswag,piqa,winogrande
 
-The command is lm-eval's own command line (`lm_eval ...`, same flags) with this
-module imported first, which registers the model name `mambaswelu` (lm-eval finds
+The command (`mambaswelu_jax.cli.lm_eval`) is lm-eval's own command line (`lm_eval
+...`, same flags) with this module imported first, which registers the model name `mambaswelu` (lm-eval finds
 models through its registry, so a plain `lm_eval` process would not know it). From
 Python: `import mambaswelu_jax.lm_eval_adapter` and then `lm_eval.simple_evaluate(
 model="mambaswelu", model_args="workdir=DIR", ...)`, or `run_benchmarks(run, tasks)`
@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from typing import Any
 
 try:
@@ -449,18 +448,3 @@ def run_benchmarks(run, tasks: list[str], *, limit: int | None = None, batch_siz
         log.warning(warning.removeprefix("warning: "))
     results[task] = clean
   return results
-
-
-def main() -> None:
-  """lm-eval's command line with the `mambaswelu` model registered."""
-  from lm_eval.__main__ import cli_evaluate  # pylint: disable=import-outside-toplevel
-  cli_evaluate()
-
-
-def run() -> None:
-  """The command (`python -m ...` and the `mambaswelu-lm-eval` console script)."""
-  sys.exit(main())
-
-
-if __name__ == "__main__":
-  run()

@@ -447,7 +447,7 @@ def test_local_tasks_through_the_eval_command(workdir, run, tasks_dir, tmp_path)
 @pytest.mark.slow
 def test_lm_eval_command_line(workdir, tasks_dir, tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "mambaswelu_jax.lm_eval_adapter", "--model", "mambaswelu",
+  cmd = [sys.executable, "-m", "mambaswelu_jax.cli.lm_eval", "--model", "mambaswelu",
          "--model_args", f"workdir={workdir},step=4", "--batch_size", "4",
          "--tasks", "mini_piqa,mini_lambada_openai", "--include_path", tasks_dir,
          "--output_path", str(tmp_path / "out")]
