@@ -306,9 +306,16 @@ def test_each_data_stream_reads_only_its_share_of_the_pretokenized_data(
     assert rows(datasets[2, 0][1]) | rows(datasets[2, 1][1]) == rows(datasets[1, 0][1])
     assert not rows(datasets[2, 0][1]) & rows(datasets[2, 1][1])
   # Each stream reads exactly the windows of its own share of the shuffled order (a
-  # prefix of it: grain reads ahead), never the other stream's.
+  # prefix of it: grain reads ahead in threads, so wait until their buffers are full),
+  # never the other stream's.
   import collections  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
   import grain  # pylint: disable=import-outside-toplevel
+  for _ in range(40):
+    before = {key: len(starts) for key, starts in read.items()}
+    time.sleep(0.5)
+    if before == {key: len(starts) for key, starts in read.items()}:
+      break
   shards = datasets[1, 0][0].shards
   n = len(pt.TokenWindows(shards, 33))
   order = grain.MapDataset.range(n).shuffle(seed=3).repeat(None)
