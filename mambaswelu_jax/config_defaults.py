@@ -68,80 +68,98 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.model = model_config()
 
-  config.data = ml_collections.ConfigDict()
-  config.data.source = "embedded"      # embedded | slimpajama | wikipedia
-  config.data.seq_len = 1024
-  config.data.tokens_per_parameter = 20.0
+  config.data = data_config(config.model)
+  config.train = train_config()
+  config.checkpoint = checkpoint_config()
+  config.eval = eval_config()
+  return config
+
+
+def data_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`model`: its vocab_size is the data's (a reference: an override of one is both)."""
+  c = ml_collections.ConfigDict()
+  c.source = "embedded"      # embedded | slimpajama | wikipedia
+  c.seq_len = 1024
+  c.tokens_per_parameter = 20.0
   # Where the documents come from (mambaswelu_jax/data/sources.py).
-  config.data.data_dir = ""            # slimpajama: the SlimPajama-627B copy; wikipedia: tfds data_dir
-  config.data.wikipedia_config = "20230601.en"  # tfds wikipedia/<config>
-  config.data.try_gcs = False          # wikipedia: read the prepared tfds copy from GCS
-  config.data.validation_fraction = 0.02  # embedded / wikipedia: held out by a hash of the id
-  config.data.test_fraction = 0.02
-  config.data.text_types = ""          # "" all; "docstring" / "a,b": keep only these types (every split)
-  config.data.smoke_sample = False     # slimpajama/wikipedia, data_dir "": read a small sample in the
+  c.data_dir = ""            # slimpajama: the SlimPajama-627B copy; wikipedia: tfds data_dir
+  c.wikipedia_config = "20230601.en"  # tfds wikipedia/<config>
+  c.try_gcs = False          # wikipedia: read the prepared tfds copy from GCS
+  c.validation_fraction = 0.02  # embedded / wikipedia: held out by a hash of the id
+  c.test_fraction = 0.02
+  c.text_types = ""          # "" all; "docstring" / "a,b": keep only these types (every split)
+  c.smoke_sample = False     # slimpajama/wikipedia, data_dir "": read a small sample in the
                                        # real format written from the embedded corpus (set by :smoke)
   # Tokenizer: one per study; a run copies it into workdir/tokenizer.model.
-  config.data.tokenizer_path = ""      # "" -> train one on the source's train split
-  config.data.vocab_size = config.model.get_ref("vocab_size")  # size when training one
-  config.data.tokenizer_sample_bytes = 8_000_000  # text sampled to train one (~seconds)
+  c.tokenizer_path = ""      # "" -> train one on the source's train split
+  c.vocab_size = model.get_ref("vocab_size")  # size when training one
+  c.tokenizer_sample_bytes = 8_000_000  # text sampled to train one (~seconds)
   # Training input pipeline (grain).
-  config.data.num_workers = 0          # tokenizing worker processes; 0 = in-process
-  config.data.worker_buffer_size = 16  # tokenized chunks queued per worker
-  config.data.tokenize_chunk_docs = 8  # documents per worker task (fewer queue hops; same batches)
-  config.data.pretokenized_dir = ""    # shards from `python -m mambaswelu_jax.cli.pretokenize`
-  config.data.max_documents = 0        # on-the-fly: cap on train documents held in memory (0: all)
-  config.data.max_text_bytes = 8 << 30  # on-the-fly: refuse larger splits (pre-tokenize them)
+  c.num_workers = 0          # tokenizing worker processes; 0 = in-process
+  c.worker_buffer_size = 16  # tokenized chunks queued per worker
+  c.tokenize_chunk_docs = 8  # documents per worker task (fewer queue hops; same batches)
+  c.pretokenized_dir = ""    # shards from `python -m mambaswelu_jax.cli.pretokenize`
+  c.max_documents = 0        # on-the-fly: cap on train documents held in memory (0: all)
+  c.max_text_bytes = 8 << 30  # on-the-fly: refuse larger splits (pre-tokenize them)
+  return c
 
-  config.train = ml_collections.ConfigDict()
-  config.train.global_batch_size = 16  # sequences per optimizer step (all devices, all hosts)
-  config.train.micro_batch_per_device = 4  # accumulation = global / (micro * devices)
-  config.train.num_steps = 0           # 0 -> tokens_per_parameter * parameters / tokens per step
-  config.train.learning_rate = 3e-4
-  config.train.warmup_steps = 2000
-  config.train.min_lr_ratio = 0.1      # cosine decays to learning_rate * min_lr_ratio
-  config.train.weight_decay = 0.1      # AdamW, masked by models.weight_decay_mask
-  config.train.b1 = 0.9
-  config.train.b2 = 0.95
-  config.train.eps = 1e-8
-  config.train.grad_clip_norm = 1.0    # global-norm clipping; 0 disables
-  config.train.log_every_steps = 100
-  config.train.init_from = ""          # a workdir (e.g. an imported original checkpoint): a run
+
+def train_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.global_batch_size = 16  # sequences per optimizer step (all devices, all hosts)
+  c.micro_batch_per_device = 4  # accumulation = global / (micro * devices)
+  c.num_steps = 0           # 0 -> tokens_per_parameter * parameters / tokens per step
+  c.learning_rate = 3e-4
+  c.warmup_steps = 2000
+  c.min_lr_ratio = 0.1      # cosine decays to learning_rate * min_lr_ratio
+  c.weight_decay = 0.1      # AdamW, masked by models.weight_decay_mask
+  c.b1 = 0.9
+  c.b2 = 0.95
+  c.eps = 1e-8
+  c.grad_clip_norm = 1.0    # global-norm clipping; 0 disables
+  c.log_every_steps = 100
+  c.init_from = ""          # a workdir (e.g. an imported original checkpoint): a run
                                        # with no checkpoint yet starts from its latest params
                                        # (fresh optimizer, step 0); "" -> random init
-  config.train.stop_at_step = 0        # >0: checkpoint and stop there (resume later); schedule unchanged
-  config.train.peak_tflops_per_device = 0.0  # 0 -> from the device kind (for MFU)
-  config.train.data_streams = 0        # data streams making the global batch; 0 -> one per
+  c.stop_at_step = 0        # >0: checkpoint and stop there (resume later); schedule unchanged
+  c.peak_tflops_per_device = 0.0  # 0 -> from the device kind (for MFU)
+  c.data_streams = 0        # data streams making the global batch; 0 -> one per
                                        # process at the start (recorded resolved; a resume keeps it)
   # Non-finite steps (README "Fault tolerance"): a step whose loss, gradients or new
   # params are NaN/Inf is not applied (counted as skipped_updates); after this many in
   # a row the last good checkpoint is reloaded and the learning rate scaled.
-  config.train.max_consecutive_nonfinite = 8  # 0: never reload (skip only)
-  config.train.nonfinite_lr_factor = 0.5      # learning-rate scale applied at each reload
-  config.train.max_nonfinite_reloads = 5      # then stop with exit status 4 (diverged)
-  config.train.data_order_log = True   # DIR/data_order.jsonl: a hash of each step's batch
+  c.max_consecutive_nonfinite = 8  # 0: never reload (skip only)
+  c.nonfinite_lr_factor = 0.5      # learning-rate scale applied at each reload
+  c.max_nonfinite_reloads = 5      # then stop with exit status 4 (diverged)
+  c.data_order_log = True   # DIR/data_order.jsonl: a hash of each step's batch
   # Out-of-memory pre-flight (mambaswelu_jax/training/memory_check.py): before step 1 the train
   # step is compiled and its memory compared with the device's; a step that does not fit
   # stops the run (exit status 2) naming the micro-batch (or model.remat) that fits.
-  config.train.memory_check = True
-  config.train.memory_limit_bytes = 0  # per device; 0: the device's own (CPU: host memory / devices)
+  c.memory_check = True
+  c.memory_limit_bytes = 0  # per device; 0: the device's own (CPU: host memory / devices)
   # JAX's persistent compilation cache, shared by runs and restarts (a requeued job skips
   # most of its compile); "" disables it. JAX_COMPILATION_CACHE_DIR, when set, wins.
-  config.train.compilation_cache_dir = "~/.cache/mambaswelu_jax/jax_cache"
+  c.compilation_cache_dir = "~/.cache/mambaswelu_jax/jax_cache"
+  return c
 
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = 5000  # full state (params, optimizer, data iterator)
-  config.checkpoint.max_to_keep = 3     # full states kept (the newest)
-  config.checkpoint.snapshot_every_steps = 5000  # params-only snapshots, kept forever; 0 -> none
-  config.checkpoint.async_save = True
-  config.checkpoint.allow_config_change = False  # resume a workdir written by another config
-  config.checkpoint.on_write_error = "continue"  # continue | stop (exit status 3): a failed write
 
-  config.eval = ml_collections.ConfigDict()
-  config.eval.every_steps = 1000
-  config.eval.max_batches = 50          # per evaluation; 0 -> the whole validation split
-  config.eval.batch_per_device = 4
-  config.eval.sample_tokens = 0         # >0: print a sampled continuation at the end
-  config.eval.sample_prompt = ""
-  config.eval.sample_temperature = 0.8
-  return config
+def checkpoint_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.every_steps = 5000  # full state (params, optimizer, data iterator)
+  c.max_to_keep = 3     # full states kept (the newest)
+  c.snapshot_every_steps = 5000  # params-only snapshots, kept forever; 0 -> none
+  c.async_save = True
+  c.allow_config_change = False  # resume a workdir written by another config
+  c.on_write_error = "continue"  # continue | stop (exit status 3): a failed write
+  return c
+
+
+def eval_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.every_steps = 1000
+  c.max_batches = 50          # per evaluation; 0 -> the whole validation split
+  c.batch_per_device = 4
+  c.sample_tokens = 0         # >0: print a sampled continuation at the end
+  c.sample_prompt = ""
+  c.sample_temperature = 0.8
+  return c

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import shutil
 import signal
@@ -48,8 +47,10 @@ from mambaswelu_jax.models.registry import max_positions
 from mambaswelu_jax.sampling import sample_text
 from mambaswelu_jax.steps import make_eval_step, make_train_step
 from mambaswelu_jax.training import memory_check
+from mambaswelu_jax.training import run_summary
 from mambaswelu_jax.training import throughput
-from mambaswelu_jax.training.fault_tolerance import WRITE_ERROR_EXIT_CODE, FaultPolicy, TrainingStopped
+from mambaswelu_jax.training.workdir_start import WorkdirStart
+from mambaswelu_jax.training.fault_tolerance import FaultPolicy, TrainingStopped
 from mambaswelu_jax.training.state import ModelParts, abstract_train_state, create_train_state
 from mambaswelu_jax.training.state import make_schedule
 from mambaswelu_jax.training.stop_signals import StopSignals, signal_name
@@ -68,55 +69,6 @@ LOCK_LOST_EXIT_CODE = 5
 # seen only there (25 steps later in the demo). One step ahead keeps the device busy and
 # a stop within a step or two.
 MAX_STEPS_IN_FLIGHT = 1
-
-
-class _WorkdirStart:
-  """What a run writes into its workdir only once its first step has run: the config
-  (config.json, with the previous one kept if it changed), train.log (records held in
-  memory until then) and the metrics writers. A run that fails or is stopped before
-  that leaves the workdir as it found it: a workdir this run created is removed, and
-  in an existing one the entries it added are (a checkpoint moved aside stays)."""
-
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict, is_main: bool,
-               existed: bool):
-    self.workdir, self.config, self.is_main = workdir, config, is_main
-    self.existed = existed
-    self.entries = (set(os.listdir(workdir)) | {layout.LOCK}) if existed else set()
-    self.log_handler = metrics_lib.add_train_log(workdir, is_main)
-    self.done = False
-
-  def commit(self, step: int) -> None:
-    if self.done:
-      return
-    if self.is_main:
-      try:
-        run_config.record_config(self.workdir, self.config, step)
-      except OSError as e:  # a full disk: checkpoints without their config cannot resume
-        raise TrainingStopped(
-            f"writing {os.path.join(self.workdir, layout.CONFIG)} failed: {e}\nNo checkpoint "
-            f"of this attempt was written; free space (or fix the error) and rerun the "
-            f"same command.", WRITE_ERROR_EXIT_CODE) from e
-    metrics_lib.start_train_log(self.log_handler, self.workdir)
-    self.done = True
-
-  def roll_back(self) -> None:
-    if self.done or not self.is_main or not os.path.isdir(self.workdir):
-      return
-    if not self.existed:
-      shutil.rmtree(self.workdir, ignore_errors=True)
-      return
-    for name in set(os.listdir(self.workdir)) - self.entries - {layout.UNRESTORABLE}:
-      path = os.path.join(self.workdir, name)
-      if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-      else:
-        try:
-          os.remove(path)
-        except OSError:
-          pass
-
-  def close(self) -> None:
-    metrics_lib.remove_train_log(self.log_handler)
 
 
 @dataclasses.dataclass
@@ -183,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if lock.replaced:
       log.warning("took over the workdir lock of %s: %s", lock.describe(lock.replaced[0]),
                   lock.replaced[1])
-  start = _WorkdirStart(workdir, config, is_main, existed)
+  start = WorkdirStart(workdir, config, is_main, existed)
   try:
     return _train(config, workdir, devices, accum, resuming, start, lock)
   except BaseException:
@@ -243,7 +195,7 @@ def _setup(config, workdir, devices, accum, resuming, is_main) -> _Setup:
                 throughput.ThroughputMeter(tokens_per_step, flops, len(devices), peak))
 
 
-def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
+def _train(config, workdir, devices, accum, resuming, start: WorkdirStart,
            lock: layout.WorkdirLock | None) -> TrainResult:
   run = _setup(config, workdir, devices, accum, resuming, start.is_main)
   tc, cc, num_steps = config.train, config.checkpoint, int(config.train.num_steps)
@@ -313,10 +265,10 @@ def _train(config, workdir, devices, accum, resuming, start: _WorkdirStart,
     faults.close(step, must_succeed=(bool(stop_signal) or step >= num_steps)
                  and sys.exc_info()[0] is None)
   elapsed = time.perf_counter() - run_start
-  log.info("done at step %d in %s", step, _fmt_time(elapsed))
-  summary = _summary(workdir, step, num_steps, elapsed, stop_signal, first_loss, final_eval,
+  log.info("done at step %d in %s", step, run_summary.fmt_time(elapsed))
+  summary = run_summary.summary(workdir, step, num_steps, elapsed, stop_signal, first_loss, final_eval,
                      config, config.eval.sample_prompt, sample)
-  summary += _write_errors_line(workdir, faults)
+  summary += run_summary.write_errors_line(workdir, faults)
   return TrainResult(step=step, final_metrics=final_eval,
                      state=state, summary=summary, stop_signal=int(stop_signal))
 
@@ -387,17 +339,6 @@ def _starting_state(config, workdir, mesh, data, parts, state, resuming, is_main
   return faults, start_step, state
 
 
-def _write_errors_line(workdir: str, faults: FaultPolicy) -> str:
-  """The summary's line on failed checkpoint writes ('' when none failed)."""
-  failed = int(faults.counters["checkpoint_write_errors"])
-  if not failed:
-    return ""
-  saved = layout.steps(workdir)
-  return (f"\n  write errors           {failed} checkpoint write(s) failed (full disk or "
-          f"I/O error; see {layout.TRAIN_LOG}); newest checkpoint: "
-          f"{saved[-1] if saved else 'none'}")
-
-
 def _warn_if_disk_too_small(workdir: str, state) -> None:
   """One warning when the workdir's filesystem cannot hold one more checkpoint (its
   saves would fail: the run still goes on, as checkpoint.on_write_error says)."""
@@ -430,13 +371,13 @@ def _already_complete(config, workdir: str) -> TrainResult | None:
         final_eval = {k: v for k, v in record.items() if k.startswith("validation_")}
   log.info("run already complete at step %d (final params in %s/%d)", num_steps,
            os.path.join(workdir, layout.FINAL), num_steps)
-  summary = _summary(workdir, num_steps, num_steps, 0.0, 0, None, final_eval, config, "", "")
+  summary = run_summary.summary(workdir, num_steps, num_steps, 0.0, 0, None, final_eval, config, "", "")
   summary = summary.replace(f"step {num_steps}/{num_steps} in 0m00s",
                             f"step {num_steps}/{num_steps}, already complete", 1)
   return TrainResult(step=num_steps, final_metrics=final_eval, summary=summary)
 
 
-def _start_recording(start: _WorkdirStart, run: _Setup):
+def _start_recording(start: WorkdirStart, run: _Setup):
   """The first step ran: the workdir now records the run (config, log, metrics)."""
   start.commit(run.start_step)
   writer = metrics_lib.MetricsWriter(start.workdir, is_main=start.is_main,
@@ -468,7 +409,7 @@ def _log_progress(step: int, num_steps: int, scalars: dict) -> None:
   log.info("step %d/%d  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tokens/s  "
            "%.4f s/step  MFU %.2f%%  ETA %s", step, num_steps, scalars["train_loss"],
            scalars["learning_rate"], scalars["grad_norm"], scalars["tokens_per_second"],
-           scalars["step_time"], 100 * scalars["mfu"], _fmt_time(eta))
+           scalars["step_time"], 100 * scalars["mfu"], run_summary.fmt_time(eta))
 
 
 def _init_from(source: str, state, parts, abstract):
@@ -514,43 +455,3 @@ def _validate(run: _Setup, params, step: int) -> dict:
            out["validation_loss"],
            out["validation_perplexity"], out["validation_bits_per_byte"])
   return out
-
-
-def _summary(workdir, step, num_steps, elapsed, stop_signal, first_loss, final_eval, config,
-             prompt, sample) -> str:
-  """What a person wants to read when the run ends: the figures, where the files are
-  and the commands that come next."""
-  lines = [f"{workdir}: step {step}/{num_steps} in {_fmt_time(elapsed)}"
-           + (f" (stopped by {signal_name(stop_signal)}; rerun the same command to resume)"
-              if stop_signal else "")]
-  vocab = int(config.model.vocab_size)
-  if first_loss is not None:
-    lines.append(f"  first train loss       {first_loss:.3f} nats/token "
-                 f"(ln vocab = ln {vocab} = {math.log(vocab):.3f})")
-  if final_eval:
-    lines.append(f"  validation loss        {final_eval['validation_loss']:.3f} nats/token, "
-                 f"perplexity {final_eval['validation_perplexity']:.2f}, "
-                 f"{final_eval['validation_bits_per_byte']:.3f} bits/byte")
-    if "validation_unigram_entropy" in final_eval:
-      lines.append(f"  unigram entropy        {final_eval['validation_unigram_entropy']:.3f} "
-                   f"nats/token (of the validation tokens: a model that ignores context)")
-  if sample:
-    lines.append(f"  sample: {prompt}{sample}".replace("\n", "\n    "))
-  lines += [f"  metrics                {os.path.join(workdir, layout.METRICS)} "
-            f"(log: {os.path.join(workdir, layout.TRAIN_LOG)})",
-            f"  TensorBoard            tensorboard --logdir {os.path.join(workdir, layout.TENSORBOARD)}",
-            f"  checkpoints            {os.path.join(workdir, layout.CHECKPOINTS)}"]
-  if step >= num_steps:
-    lines += [f"  evaluate               python -m mambaswelu_jax.cli.eval --workdir={workdir}",
-              f"  generate               python -m mambaswelu_jax.cli.generate --workdir={workdir} "
-              f"--prompt='...'"]
-  return "\n".join(lines)
-
-
-def _fmt_time(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return "?"
-  seconds = int(seconds)
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
